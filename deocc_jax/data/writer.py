@@ -1,0 +1,59 @@
+"""Writes serialized records as TFRecord and ArrayRecord shards.
+
+Both data_prep (one call per shard, inside a Beam DoFn) and tests use this, so
+shard naming and file options are defined once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from array_record.python import array_record_module
+
+from deocc_jax.data import features
+
+# group_size:1 keeps every record independently addressable, which grain's
+# random access (global shuffle) needs; deterministic bytes for equal input.
+ARRAY_RECORD_OPTIONS = "group_size:1"
+
+
+def write_shard(output_dir: str, split: str, index: int, num_shards: int,
+                records: Iterable[bytes]) -> dict[str, int]:
+    """Writes one shard in both formats; returns {"num_records": n}.
+
+    Files are written to a temporary name and renamed, so a crash never leaves
+    a half-written shard under the final name.
+    """
+    import tensorflow as tf  # TFRecord framing (CRCs) from the reference writer.
+
+    records = list(records)
+    os.makedirs(output_dir, exist_ok=True)
+    tf_path = os.path.join(output_dir, features.shard_name(split, "tfrecord", index, num_shards))
+    ar_path = os.path.join(output_dir, features.shard_name(split, "array_record", index, num_shards))
+    with tf.io.TFRecordWriter(tf_path + ".tmp") as w:
+        for r in records:
+            w.write(r)
+    w = array_record_module.ArrayRecordWriter(ar_path + ".tmp", ARRAY_RECORD_OPTIONS)
+    try:
+        for r in records:
+            w.write(r)
+    finally:
+        w.close()
+    os.replace(tf_path + ".tmp", tf_path)
+    os.replace(ar_path + ".tmp", ar_path)
+    return {"num_records": len(records)}
+
+
+def read_array_record(path: str) -> list[bytes]:
+    """All records of one ArrayRecord file (tests and tools; training uses grain)."""
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+        return reader.read_all()
+    finally:
+        reader.close()
+
+
+def read_tfrecord(path: str) -> list[bytes]:
+    import tensorflow as tf
+    return [r.numpy() for r in tf.data.TFRecordDataset(path)]

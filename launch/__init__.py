@@ -1,0 +1,1 @@
+"""Launchers: the local quickstart, Cloud TPU VM pods, GPU clusters, Dataflow."""
