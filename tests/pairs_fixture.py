@@ -1,0 +1,143 @@
+"""A tiny de-occlusion dataset built from real faces, for tests.
+
+Real photos from ../shared/data/faces are centre-cropped and resized; a
+random coloured ellipse over the lower half (soft edge) is the occluder.
+`clean == occluded` wherever `mask == 0`, as in data_prep's records. The
+shards are written with the shared record code (features + writer), so the
+training input reads them exactly as it would read data_prep's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+
+import cv2
+import numpy as np
+
+from deocc_jax.data import features, writer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Persistent XLA compilation cache shared by in-process tests and the training
+# subprocesses they start: the same tiny programs are compiled many times, and
+# XLA CPU compiles are the bulk of these tests' run time. Entries are keyed by
+# the program, JAX version, flags and device count, so sharing is safe.
+JAX_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"deocc-test-jax-cache-{os.getuid()}")
+
+
+def enable_compilation_cache() -> None:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def _face(path: pathlib.Path, resolution: int) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read face image {path}")
+    h, w = bgr.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    crop = cv2.resize(bgr[y:y + s, x:x + s], (resolution, resolution), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def make_pair(clean: np.ndarray, rng: np.random.Generator, source_id: str, variant: int) -> features.Pair:
+    """Composites a random ellipse occluder onto the lower half of `clean`."""
+    r = clean.shape[0]
+    alpha = np.zeros((r * 4, r * 4), np.uint8)  # drawn at 4x and downsampled: soft edges
+    center = (int(rng.uniform(0.35, 0.65) * r * 4), int(rng.uniform(0.62, 0.8) * r * 4))
+    axes = (int(rng.uniform(0.2, 0.35) * r * 4), int(rng.uniform(0.1, 0.2) * r * 4))
+    cv2.ellipse(alpha, center, axes, float(rng.uniform(-20, 20)), 0, 360, 255, -1, cv2.LINE_AA)
+    alpha = cv2.resize(alpha, (r, r), interpolation=cv2.INTER_AREA)[..., None]
+    color = rng.integers(0, 256, size=3).astype(np.float32)
+    a = alpha.astype(np.float32) / 255.0
+    occluded = np.round(clean * (1 - a) + color * a).astype(np.uint8)
+    mask = np.where(alpha > 0, 255, 0).astype(np.uint8)
+    occluded = np.where(mask > 0, occluded, clean)
+    return features.Pair(clean=clean, occluded=occluded, mask=mask, alpha=alpha,
+                         category="synthetic_ellipse", source_id=source_id, variant=variant,
+                         landmarks=np.zeros((features.NUM_LANDMARKS, 2), np.float32))
+
+
+def write_tiny_dataset(out_dir: str | os.PathLike, faces_dir: str | os.PathLike, *,
+                       resolution: int = 32, splits: dict[str, int] | None = None,
+                       num_shards: int = 2, seed: int = 0) -> pathlib.Path:
+    """Writes ArrayRecord/TFRecord shards and dataset_info.json; returns out_dir.
+
+    Each split uses different photos (sorted by file name) so validation
+    faces are unseen in training.
+    """
+    splits = splits or {"train": 16, "validation": 8}
+    out_dir = pathlib.Path(out_dir)
+    faces = sorted(pathlib.Path(faces_dir).glob("*.jpg"), key=lambda p: p.name)
+    rng = np.random.default_rng(seed)
+    offset = 0
+    info = {"resolution": resolution, "format_version": features.FORMAT_VERSION,
+            "features": features.feature_spec_json(), "splits": {}}
+    for split, n in splits.items():
+        if offset + n > len(faces):
+            raise ValueError(f"only {len(faces)} faces in {faces_dir}")
+        records = []
+        for i, path in enumerate(faces[offset:offset + n]):
+            pair = make_pair(_face(path, resolution), rng, path.stem, 0)
+            records.append(features.encode_example(pair))
+        offset += n
+        per = -(-n // num_shards)
+        for s in range(num_shards):
+            writer.write_shard(str(out_dir), split, s, num_shards, records[s * per:(s + 1) * per])
+        info["splits"][split] = {"num_examples": n}
+    (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    return out_dir
+
+
+_CACHE: dict[tuple, pathlib.Path] = {}
+
+
+def tiny_dataset(tmp_path_factory, faces_dir, resolution: int = 32, **kwargs) -> pathlib.Path:
+    """The tiny dataset, written once per test session (shared across test modules)."""
+    key = (resolution, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    if key not in _CACHE:
+        _CACHE[key] = write_tiny_dataset(tmp_path_factory.mktemp(f"pairs{resolution}"), faces_dir,
+                                         resolution=resolution, **kwargs)
+    return _CACHE[key]
+
+
+def tiny_config(data_dir, **overrides):
+    """configs/tiny.py with data_dir set and dotted overrides, e.g. {"loss.l1_weight": 2.0}."""
+    import sys
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from configs import tiny
+    c = tiny.get_config()
+    c.data_dir = str(data_dir)
+    c.async_checkpointing = True
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def train_command(workdir, data_dir, config: str = "configs/tiny.py", **overrides) -> list[str]:
+    """argv of `python -m deocc_jax.train` with --config.KEY=VALUE overrides."""
+    import sys
+    cmd = [sys.executable, "-m", "deocc_jax.train", f"--config={config}",
+           f"--config.data_dir={data_dir}", f"--workdir={workdir}"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    return cmd
+
+
+def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["JAX_COMPILATION_CACHE_DIR"] = JAX_CACHE_DIR
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

@@ -1,0 +1,111 @@
+"""Evaluation: every field written, SSIM agrees with scikit-image, any device count."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from deocc_jax import baselines, eval_lib
+from tests.test_quickstart import shared_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def qs(tmp_path_factory, faces_dir, occluders_dir):
+    return shared_run(tmp_path_factory, faces_dir, occluders_dir)
+
+
+@pytest.fixture(scope="module")
+def metrics(qs):
+    with open(qs["outputs"]["metrics"]) as f:
+        return json.load(f)
+
+
+def test_metrics_json_has_every_field(metrics, qs):
+    methods = metrics["methods"]
+    assert list(methods) == ["model", "occluded_input", "opencv_telea", "opencv_ns"]
+    n = metrics["num_examples"]
+    assert n > 0 and sum(metrics["categories"].values()) == n
+    for name, m in methods.items():
+        keys = set(eval_lib.METRIC_KEYS) - ({"mask_iou"} if name != "model" else set())
+        assert m["overall"]["count"] == n
+        assert keys <= set(m["overall"]), (name, m["overall"])
+        assert set(m["per_category"]) == set(metrics["categories"])
+        for cat, c in m["per_category"].items():
+            assert c["count"] == metrics["categories"][cat]
+            assert keys <= set(c)
+        assert all(np.isfinite(m["overall"][k]) for k in keys)
+    # Baselines never see a predicted mask; the blind model reports its IoU.
+    assert "mask_iou" not in methods["opencv_telea"]["overall"]
+    assert 0.0 <= methods["model"]["overall"]["mask_iou"] <= 1.0
+    assert metrics["checkpoints"]["model"]["step"] == qs["steps"]
+    # The Markdown table and the sample grid are written beside the JSON.
+    with open(qs["outputs"]["metrics_table"]) as f:
+        table = f.read()
+    for name in methods:
+        assert f"| {name} |" in table
+    import cv2
+    grid = cv2.imread(qs["outputs"]["eval_samples"])
+    # occluded | model | telea | ns | clean, at 128 px per tile.
+    assert grid is not None and grid.shape[1] == 5 * 128
+    kinds = {g["kind"] for g in metrics["grid_examples"]}
+    assert {"best", "worst"} <= kinds or n < 2
+
+
+def test_occluded_input_ssim_equals_skimage(metrics, qs):
+    split = eval_lib.load_split(qs["outputs"]["dataset"], "test")
+    want = np.mean([structural_similarity(c, o, data_range=255, gaussian_weights=True,
+                                          channel_axis=-1)
+                    for c, o in zip(split.clean, split.occluded)])
+    got = metrics["methods"]["occluded_input"]["overall"]["ssim"]
+    assert got == pytest.approx(want, abs=1e-5)
+    # Inpainting with the true mask must beat doing nothing inside the mask.
+    m = metrics["methods"]
+    assert m["opencv_telea"]["overall"]["masked_psnr"] > m["occluded_input"]["overall"]["masked_psnr"]
+
+
+@pytest.mark.slow
+def test_cli_on_another_device_count_matches(qs, metrics, tmp_path):
+    """The checkpoint was written on 8 devices; evaluate it on 2 through the CLI."""
+    out = tmp_path / "m.json"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "deocc_jax.evaluate", f"--workdir={qs['outputs']['workdir']}",
+         f"--data_dir={qs['outputs']['dataset']}", "--split=test", f"--output={out}",
+         f"--compare={qs['outputs']['workdir']}", "--batch_size=4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        got = json.load(f)
+    assert got["num_devices"] == 2 and metrics["num_devices"] == 8
+    assert "compare:workdir" in got["methods"]
+    for name in ("model", "compare:workdir"):
+        for k, v in metrics["methods"]["model"]["overall"].items():
+            assert got["methods"][name]["overall"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
+    assert (tmp_path / "m.md").is_file() and (tmp_path / "m_samples.png").is_file()
+    assert "| model |" in proc.stdout
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_prep.build"):
+        eval_lib.evaluate(None, str(tmp_path / "nope"), output=str(tmp_path / "m.json"))
+
+
+def test_opencv_baselines_only_change_masked_pixels():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    masks = np.zeros((2, 24, 24, 1), np.uint8)
+    masks[:, 8:14, 5:18] = 255
+    for name in ("opencv_telea", "opencv_ns"):
+        out = baselines.BASELINES[name](images, masks)
+        outside = masks[..., 0] == 0
+        np.testing.assert_array_equal(out[outside], images[outside])
+        assert np.any(out[~outside] != images[~outside]), name
+    with pytest.raises(ValueError, match="masks must be uint8"):
+        baselines.opencv_telea(images, masks[:1])

@@ -1,0 +1,88 @@
+"""SavedModel export: matches JAX on real faces at batch 1 and 3; bad requests fail clearly."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deocc_jax import eval_lib, export_lib, inference
+from tests.test_quickstart import shared_run
+
+
+@pytest.fixture(scope="module")
+def qs(tmp_path_factory, faces_dir, occluders_dir):
+    return shared_run(tmp_path_factory, faces_dir, occluders_dir)
+
+
+@pytest.fixture(scope="module")
+def runner(qs):
+    return export_lib.SavedModelRunner(qs["outputs"]["export"])
+
+
+def test_round_trip_matches_jax_on_real_faces(qs, runner):
+    # Real occluded faces from the test split (aligned photos from ../shared).
+    split = eval_lib.load_split(qs["outputs"]["dataset"], "test")
+    images = np.concatenate([split.occluded, split.occluded])[:3]
+    config, variables = inference.load_model(qs["outputs"]["workdir"])
+    predict = jax.jit(functools.partial(inference.predict, config))
+    for batch in (1, 3):
+        got = runner(images[:batch])
+        want = {k: np.asarray(v) for k, v in predict(variables, images[:batch]).items()}
+        assert got["deoccluded"].dtype == np.uint8 and got["deoccluded"].shape == (batch, 32, 32, 3)
+        assert got["mask"].dtype == np.float32 and got["mask"].shape == (batch, 32, 32, 1)
+        diffs = export_lib.compare_outputs(got, want)
+        assert export_lib.within_tolerance(diffs), (batch, diffs)
+    # The export recorded its own check on the embedded real photos.
+    check = runner.metadata["self_check"]
+    assert set(check["batches"]) == {"1", "3"} and check["tolerance"] == export_lib.TOLERANCE
+    assert runner.metadata["resolution"] == 32 and runner.metadata["guided"] is False
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16, 3), (32, 32, 3), (2, 32, 32, 4), (0, 32, 32, 3)])
+def test_wrong_shape_fails_inside_the_signature(runner, shape):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"deocc: images must be uint8 \[batch, 32, 32, 3\]"):
+        runner(np.zeros(shape, np.uint8))
+
+
+def test_wrong_dtype_is_rejected(runner):
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="uint8"):
+        runner(np.zeros((1, 32, 32, 3), np.float32))
+
+
+def _toy_predict(variables, images, masks):
+    """A guided "model" with the real signature: fills the masked pixels with a colour."""
+    m = masks.astype(jnp.float32) / 255.0
+    x = images.astype(jnp.float32)
+    out = x * (1 - m) + variables["fill"] * m
+    return {"deoccluded": jnp.round(out).astype(jnp.uint8), "mask": m}
+
+
+def test_guided_export_takes_masks_and_checks_them(tmp_path):
+    variables = {"fill": jnp.array([200.0, 100.0, 50.0], jnp.float32)}
+    path = export_lib.export_saved_model(_toy_predict, variables, str(tmp_path), resolution=16,
+                                         guided=True, version=3, platforms=("cpu",))
+    assert path.endswith("/3")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    masks = export_lib.check_masks(3, 16)
+    check = export_lib.verify_saved_model(
+        str(tmp_path), lambda x, m: _toy_predict(variables, x, m), images, masks)
+    assert check["batches"]["3"]["deoccluded_max_abs"] == 0
+    runner = export_lib.SavedModelRunner(str(tmp_path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="masks must be uint8 .* same batch"):
+        runner(images, masks[:2])
+    # A reference that disagrees is caught by the self-check.
+    with pytest.raises(export_lib.ExportCheckError, match="differs from the JAX model"):
+        export_lib.verify_saved_model(
+            str(tmp_path), lambda x, m: {**_toy_predict(variables, x, m),
+                                         "deoccluded": 255 - _toy_predict(variables, x, m)["deoccluded"]},
+            images, masks)
+
+
+def test_not_an_export_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a deocc export"):
+        export_lib.SavedModelRunner(str(tmp_path))

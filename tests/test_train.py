@@ -1,0 +1,153 @@
+"""Training: device-count invariance, overfitting real pairs, clear errors, NaN stop."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from deocc_jax import checkpointing, inference, train_lib
+from deocc_jax.data import input_pipeline
+from tests import pairs_fixture as pf
+
+pf.enable_compilation_cache()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, faces_dir):
+    return pf.tiny_dataset(tmp_path_factory, faces_dir)
+
+
+def _losses(config, mesh, batches):
+    setup = train_lib.build_setup(config, mesh)
+    state = setup.init()
+    out = []
+    for b in batches:
+        state, m = setup.train_step(state, train_lib.put_batch(setup, b))
+        out.append(jax.device_get(m))
+    return out, jax.device_get(state.g_params)
+
+
+def test_8_devices_match_1_device(data_dir):
+    assert jax.device_count() == 8, "conftest should provide 8 fake CPU devices"
+    config = pf.tiny_config(data_dir, **{"model.generator.norm": "batch"})  # cross-device BN stats
+    it = input_pipeline.make_train_iterator(config)
+    batches = [next(it) for _ in range(3)]
+    one, p1 = _losses(config, train_lib.make_mesh(jax.devices()[:1]), batches)
+    eight, p8 = _losses(config, train_lib.make_mesh(), batches)
+    # FSDP-style: large arrays sharded over the 8 devices instead of replicated.
+    fsdp, _ = _losses(pf.tiny_config(data_dir, fsdp_min_params=1000,
+                                     **{"model.generator.norm": "batch"}), train_lib.make_mesh(),
+                      batches)
+    for step, (a, b, f) in enumerate(zip(one, eight, fsdp)):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=f"{k} step {step}")
+            np.testing.assert_allclose(a[k], f[k], rtol=1e-3, atol=1e-5, err_msg=f"fsdp {k} {step}")
+    assert one[0]["g_loss"] != one[-1]["g_loss"], "training did not change the losses"
+    # Adam turns tiny gradient differences on near-zero gradients into steps of
+    # up to lr (1e-3), so parameters agree to a few lr after 3 steps.
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=3e-3)
+
+
+def _masked_l1(a, b, mask):
+    m = (mask > 127).astype(np.float32)
+    return float((np.abs(a.astype(np.float32) - b.astype(np.float32)) * m).sum() / (m.sum() * 3))
+
+
+@pytest.fixture(scope="module")
+def overfit_run(tmp_path_factory, faces_dir):
+    """tiny trained on 8 real pairs (one batch) for a few hundred steps."""
+    data = pf.tiny_dataset(tmp_path_factory, faces_dir, splits={"train": 8, "validation": 8})
+    config = pf.tiny_config(data, num_train_steps=200, checkpoint_every_steps=200,
+                            eval_every_steps=200, log_every_steps=100, **{
+                                "data.flip_prob": 0.0, "data.color_jitter": 0.0,
+                                "optim.ema_decay": 0.0, "eval_split": "train"})
+    workdir = tmp_path_factory.mktemp("overfit")
+    result = train_lib.train_and_evaluate(config, str(workdir))
+    return config, workdir, result
+
+
+@pytest.mark.slow
+def test_tiny_overfits_real_pairs(overfit_run):
+    config, workdir, result = overfit_run
+    loaded_config, variables = inference.load_model(str(workdir), "latest")
+    assert loaded_config.resolution == config.resolution
+    predict = inference.make_predict_fn(loaded_config)
+    before, after = [], []
+    for batch in input_pipeline.make_eval_iterator(config, "train"):
+        out = jax.device_get(predict(variables, batch["occluded"]))
+        before.append(_masked_l1(batch["occluded"], batch["clean"], batch["mask"]))
+        after.append(_masked_l1(out["deoccluded"], batch["clean"], batch["mask"]))
+        outside = batch["mask"][..., 0] == 0
+        # Compositing keeps the visible face: outside the true mask the output
+        # differs from the input only where the predicted mask is on.
+        np.testing.assert_array_less(np.abs(out["deoccluded"].astype(int) - batch["occluded"])[outside]
+                                     .mean(), 10.0)
+    print("masked L1 after/before:", np.mean(after), np.mean(before), result["eval"])
+    assert np.mean(after) < 0.35 * np.mean(before), (np.mean(after), np.mean(before))
+    assert result["eval"]["val_mask_iou"] > 0.6, result["eval"]
+    samples = list((workdir / "samples").glob("step_*.png"))
+    assert samples and (workdir / "tensorboard").is_dir()
+    assert json.loads((workdir / "config.json").read_text())["resolution"] == 32
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(overfit_run, tmp_path):
+    config, workdir, _ = overfit_run
+    import shutil
+    shutil.copytree(workdir, tmp_path / "w")
+    config = pf.tiny_config(config.data_dir, num_train_steps=204, checkpoint_every_steps=1,
+                            eval_every_steps=0, log_every_steps=100, **{
+                                "loss.l1_weight": float("nan"), "optim.ema_decay": 0.0})
+    with pytest.raises(FloatingPointError, match="NaN/Inf at step 201"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "w"), read_only=True)
+    assert ckpt.latest_step() == 200
+    ckpt.close()
+
+
+def test_clear_errors(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_lib.train_and_evaluate(pf.tiny_config(tmp_path / "missing"), str(tmp_path / "w"))
+    with pytest.raises(ValueError, match=r"resolution=64 .* prepared at 32 px"):
+        train_lib.train_and_evaluate(pf.tiny_config(data_dir, resolution=64), str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="batch_size=12 is not divisible by the device count 8"):
+        train_lib.train_and_evaluate(pf.tiny_config(data_dir, batch_size=12), str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="data_dir is not set"):
+        train_lib.train_and_evaluate(pf.tiny_config(""), str(tmp_path / "w"))
+
+
+def test_input_pipeline_is_deterministic_and_sharded(data_dir):
+    config = pf.tiny_config(data_dir, batch_size=8)
+    it = input_pipeline.make_train_iterator(config, process_index=0, process_count=1)
+    first = [next(it) for _ in range(3)]
+    state = it.get_state()
+    following = next(it)
+    it2 = input_pipeline.make_train_iterator(config, process_index=0, process_count=1)
+    it2.set_state(state)
+    np.testing.assert_array_equal(next(it2)["clean"], following["clean"])
+    # Two processes' halves concatenate to the single-process global batch.
+    halves = [next(input_pipeline.make_train_iterator(config, process_index=p, process_count=2))
+              for p in range(2)]
+    for k in ("clean", "occluded", "mask", "alpha"):
+        np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), first[0][k])
+    # Augmentation keeps clean == occluded outside the mask.
+    for b in first:
+        outside = b["mask"][..., 0] == 0
+        np.testing.assert_array_equal(b["clean"][outside], b["occluded"][outside])
+    # Epochs are reshuffled: 16 examples, batches 0-1 are epoch 0, 2-3 epoch 1.
+    it3 = input_pipeline.make_train_iterator(config, process_index=0, process_count=1)
+    epoch = [next(it3)["clean"] for _ in range(4)]
+    assert not np.array_equal(epoch[0], epoch[2])
+
+
+def test_schedules():
+    from configs import common
+    o = common.optimizer(1.0, schedule="linear_decay")
+    s = train_lib.make_schedule(o, 100)
+    assert float(s(10)) == 1.0 and float(s(75)) == pytest.approx(0.5) and float(s(100)) == 0.0
+    o = common.optimizer(1.0, schedule="cosine")
+    o.warmup_steps = 10
+    s = train_lib.make_schedule(o, 100)
+    assert float(s(0)) == 0.0 and float(s(10)) == pytest.approx(1.0) and float(s(100)) < 1e-6
