@@ -166,8 +166,8 @@ class Checkpointer:
         moved to `{step}.corrupt-{time}` so training re-saves that step cleanly.
 
         Raises:
-          RuntimeError: no checkpoint loads at all, which means the workdir
-            belongs to a different model config (nothing is renamed then).
+          RuntimeError: no checkpoint loads at all, which usually means the
+            workdir belongs to a different model config (nothing is renamed).
         """
         failed = []
         for step in sorted(self.all_steps(), reverse=True):
@@ -185,8 +185,9 @@ class Checkpointer:
         if failed:
             raise RuntimeError(
                 f"none of the checkpoints in {self.directory} can be restored into this config "
-                f"(newest, step {failed[0][0]}: {failed[0][1]}). Was the workdir written with a "
-                "different model config? Use a new --workdir or the original config.")
+                f"(newest, step {failed[0][0]}: {failed[0][1]}). They are corrupt or, more likely, "
+                "were written with a different model config: use a new --workdir or the original "
+                "config. Nothing was renamed or deleted.")
         return None
 
     def _quarantine(self, step: int) -> None:

@@ -30,3 +30,21 @@ def faces_dir(shared_dir) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def occluders_dir(shared_dir) -> pathlib.Path:
     return shared_dir / "occluders"
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory, faces_dir, occluders_dir) -> dict:
+    """`launch.quickstart` with the CI budget on ../shared data, run once per session.
+
+    test_quickstart checks it end to end; test_evaluate, test_export and test_infer
+    reuse its dataset, trained workdir and export, so the suite trains one model.
+    The summary gets a "log" entry holding every line the quickstart printed.
+    """
+    from launch import quickstart
+    out = tmp_path_factory.mktemp("quickstart")
+    lines: list[str] = []
+    summary = quickstart.run(str(out), input_spec=str(faces_dir),
+                             occluders_dir=str(occluders_dir), budget="ci", log=lines.append)
+    summary["log"] = lines
+    summary["output_dir"] = str(out)
+    return summary

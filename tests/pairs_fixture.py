@@ -88,7 +88,7 @@ def write_tiny_dataset(out_dir: str | os.PathLike, faces_dir: str | os.PathLike,
         per = -(-n // num_shards)
         for s in range(num_shards):
             writer.write_shard(str(out_dir), split, s, num_shards, records[s * per:(s + 1) * per])
-        info["splits"][split] = {"num_examples": n}
+        info["splits"][split] = {"num_records": n}  # as data_prep writes it
     (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return out_dir
 

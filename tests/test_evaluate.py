@@ -10,14 +10,13 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from deocc_jax import baselines, eval_lib
-from tests.test_quickstart import shared_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def qs(tmp_path_factory, faces_dir, occluders_dir):
-    return shared_run(tmp_path_factory, faces_dir, occluders_dir)
+def qs(quickstart_run):
+    return quickstart_run
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ import pytest
 import tensorflow as tf
 
 from deocc_jax import eval_lib, export_lib, inference
-from tests.test_quickstart import shared_run
 
 
 @pytest.fixture(scope="module")
-def qs(tmp_path_factory, faces_dir, occluders_dir):
-    return shared_run(tmp_path_factory, faces_dir, occluders_dir)
+def qs(quickstart_run):
+    return quickstart_run
 
 
 @pytest.fixture(scope="module")

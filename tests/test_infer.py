@@ -11,14 +11,13 @@ import pytest
 
 from deocc_jax import infer_lib, sample_photos, video
 from deocc_jax.faces import FaceAnalyzer, align
-from tests.test_quickstart import shared_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def qs(tmp_path_factory, faces_dir, occluders_dir):
-    return shared_run(tmp_path_factory, faces_dir, occluders_dir)
+def qs(quickstart_run):
+    return quickstart_run
 
 
 @pytest.fixture(scope="module")

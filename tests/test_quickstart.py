@@ -1,8 +1,7 @@
 """The quickstart runs end to end on ../shared data with the CI budget.
 
-Its outputs (dataset, tiny trained workdir, eval, export, inference) are
-shared with test_evaluate, test_export and test_infer through `shared_run`,
-so the whole application suite trains one model once per session.
+The run itself is the session fixture `quickstart_run` (conftest.py), whose
+outputs test_evaluate, test_export and test_infer reuse.
 """
 
 import json
@@ -12,29 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-_CACHE: dict = {}
-
-
-def shared_run(tmp_path_factory, faces_dir, occluders_dir) -> dict:
-    """Runs `launch.quickstart` (budget "ci") once per pytest session; returns its summary.
-
-    The summary gets an extra "log" entry: every line the quickstart printed.
-    """
-    if "run" not in _CACHE:
-        from launch import quickstart
-        out = tmp_path_factory.mktemp("quickstart")
-        lines: list[str] = []
-        summary = quickstart.run(str(out), input_spec=str(faces_dir),
-                                 occluders_dir=str(occluders_dir), budget="ci", log=lines.append)
-        summary["log"] = lines
-        summary["output_dir"] = str(out)
-        _CACHE["run"] = summary
-    return _CACHE["run"]
-
 
 @pytest.fixture(scope="module")
-def qs(tmp_path_factory, faces_dir, occluders_dir):
-    return shared_run(tmp_path_factory, faces_dir, occluders_dir)
+def qs(quickstart_run):
+    return quickstart_run
 
 
 @pytest.mark.slow

@@ -25,8 +25,8 @@ from deocc_jax.data import features
 IMAGE_KEYS = ("clean", "occluded", "mask", "alpha")
 
 
-def check_dataset(config: ml_collections.ConfigDict, split: str) -> tuple[list[str], int]:
-    """Shard paths and example count of `split`, after checking the data matches the config.
+def check_dataset(config: ml_collections.ConfigDict, split: str) -> list[str]:
+    """Shard paths of `split`, after checking the data matches the config.
 
     Raises:
       FileNotFoundError: data_dir, dataset_info.json or the shards are missing.
@@ -39,7 +39,7 @@ def check_dataset(config: ml_collections.ConfigDict, split: str) -> tuple[list[s
             f"config.resolution={config.resolution} but the dataset in {config.data_dir!r} was "
             f"prepared at {info['resolution']} px (dataset_info.json); set "
             f"--config.resolution={info['resolution']} or prepare data at {config.resolution} px")
-    return paths, int(info.get("splits", {}).get(split, {}).get("num_examples", -1))
+    return paths
 
 
 def _decode(serialized: bytes, source: str) -> dict[str, np.ndarray]:
@@ -99,7 +99,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
     p, n = _process_slice(process_index, process_count)
     b = _local_batch(config.batch_size, n)
     big_b = config.batch_size
-    paths, _ = check_dataset(config, "train")
+    paths = check_dataset(config, "train")
     source = f"{config.data_dir}/train"
     ds = (grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
           .shuffle(seed=config.seed)
@@ -135,7 +135,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict, split: str = "validati
     p, n = _process_slice(process_index, process_count)
     big_b = batch_size or config.batch_size
     b = _local_batch(big_b, n)
-    paths, _ = check_dataset(config, split)
+    paths = check_dataset(config, split)
     source = f"{config.data_dir}/{split}"
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
     total = len(ds) if num_examples is None else min(num_examples, len(ds))
