@@ -79,3 +79,13 @@ def test_time_alternating_and_summary():
 def test_bad_resolution_is_rejected():
     with pytest.raises(ValueError, match="power of two"):
         train_step.run_benchmark("pix2pix", "project", 100, 1, 1, 0, 1, False)
+
+
+def test_resize_conv_equals_subpixel_form():
+    x, w3 = _rand(5, (2, 4, 5, 3)), _rand(6, (3, 3, 3, 4))
+    with jax.default_matmul_precision("highest"):
+        up = jax.image.resize(x, (2, 8, 10, 3), method="nearest")
+        ref = lax.conv_general_dilated(up, w3, (1, 1), "SAME", dimension_numbers=_DN)
+        y = S.resize_conv3x3_mm(x, w3)
+    assert y.shape == ref.shape == (2, 8, 10, 4)
+    np.testing.assert_allclose(y, ref, atol=1e-4)
