@@ -31,6 +31,8 @@ from typing import Callable
 
 from absl import app, flags
 
+from benchmarks import common
+
 _CONFIG = flags.DEFINE_enum("config", "pix2pix", ["pix2pix", "deocc"], "Model config to time.")
 _IMPL = flags.DEFINE_enum("impl", "project", ["project", "scratch"],
                           "project: configs/<config>.py via train_lib; scratch: the formulation study.")
@@ -70,40 +72,13 @@ def _set_xla_flags(extra: str, project: bool) -> str:
     return os.environ["XLA_FLAGS"]
 
 
-def cpu_model() -> str:
-    """The CPU model name as lscpu reports it."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
 def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
 def machine_info(threads: int) -> dict:
-    """Where the numbers come from: CPU, core count, accelerator, library versions, flags."""
-    import jax
-    import jaxlib
-
-    info = {
-        "cpu_model": cpu_model(),
-        "cpu_cores_available": available_cores(),
-        "threads": threads,
-        "jax_backend": jax.default_backend(),
-        "jax_device": jax.devices()[0].device_kind,
-        "jax_device_count": jax.device_count(),
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib.__version__,
-        "python": platform.python_version(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
-    return info
+    """Where the numbers come from (benchmarks.common.machine_info), plus the thread count."""
+    return {**common.machine_info(), "threads": threads}
 
 
 # -----------------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.mode = "blind"            # blind | guided
     c.model.composite = True          # output = m * generated + (1 - m) * input
     c.model.compute_dtype = "float32"  # or bfloat16 (params stay float32)
+    # How convolutions are computed (same parameters either way, checkpoints are portable):
+    # auto = im2col matmuls on the CPU backend (much faster gradients on XLA:CPU), XLA
+    # convolutions on GPU/TPU; or force "matmul" / "xla_conv".
+    c.model.conv_impl = "auto"
     c.model.generator = ml_collections.ConfigDict(dict(
         base_width=64, depth=ml_collections.config_dict.placeholder(int), max_width=512,
         norm="batch", upsample="resize_conv", dropout=0.5, dropout_levels=3,

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from configs import deocc, pix2pix, tiny, unet_l1
 from deocc_jax import inference, models, train_lib
-from deocc_jax.models import patchgan
+from deocc_jax.models import layers, patchgan
 
 CONFIGS = {"unet_l1": unet_l1, "pix2pix": pix2pix, "deocc": deocc, "tiny": tiny}
 
@@ -130,3 +131,139 @@ def test_bfloat16_compute_keeps_float32_params():
     out = jax.eval_shape(lambda: models.build_generator(c).apply(
         inference.init_variables(c, jax.random.key(0)), x))
     assert out["rgb"].dtype == jnp.float32
+
+
+# ---- Convolution layers: matmul == xla_conv == the flax reference (nn.Conv / nn.ConvTranspose) ----
+
+def _values_and_grads(fn, variables, x):
+    """Output, d(sum(out * probe))/d(x, params) for a fixed random probe."""
+    out = fn(variables, x)
+    probe = jax.random.normal(jax.random.key(7), out.shape)
+    grads = jax.grad(lambda v, x: jnp.sum(fn(v, x) * probe), argnums=(0, 1))(variables, x)
+    return out, grads
+
+
+def _ref_down(k2, x):
+    kernel = layers.conv_from_s2d_kernel(k2)
+    return nn.Conv(k2.shape[-1], (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                   use_bias=False).apply({"params": {"kernel": kernel}}, x)
+
+
+def _ref_up(k2, x):
+    kernel = layers.conv_transpose_from_subpixel_kernel(k2)
+    return nn.ConvTranspose(k2.shape[-1] // 4, (4, 4), strides=(2, 2), padding="SAME",
+                            use_bias=False).apply({"params": {"kernel": kernel}}, x)
+
+
+def _ref_resize(w3, x):
+    b, h, w, c = x.shape
+    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+    return nn.Conv(w3.shape[-1], (3, 3), padding="SAME", use_bias=False).apply(
+        {"params": {"kernel": w3}}, x)
+
+
+def _ref_conv(kernel_size, padding):
+    def ref(kernel, x):
+        return nn.Conv(kernel.shape[-1], kernel_size, padding=padding, use_bias=False).apply(
+            {"params": {"kernel": kernel}}, x)
+    return ref
+
+
+@pytest.mark.parametrize("name,make,ref", [
+    ("down", lambda impl: layers.DownConv(5, use_bias=False, impl=impl), _ref_down),
+    ("up", lambda impl: layers.UpConv(5, use_bias=False, impl=impl), _ref_up),
+    ("resize", lambda impl: layers.ResizeConv(5, use_bias=False, impl=impl), _ref_resize),
+    ("resize_small", lambda impl: layers.ResizeConv(5, use_bias=False, impl=impl),
+     lambda w3, x: _ref_resize(w3, x)),
+    ("conv4_p1", lambda impl: layers.Conv(5, use_bias=False, impl=impl, kernel_size=(4, 4),
+                                          padding=((1, 1), (1, 1))), _ref_conv((4, 4), ((1, 1), (1, 1)))),
+    ("conv4_same", lambda impl: layers.Conv(5, use_bias=False, impl=impl, kernel_size=(4, 4)),
+     _ref_conv((4, 4), "SAME")),
+    ("conv3_same", lambda impl: layers.Conv(5, use_bias=False, impl=impl, kernel_size=(3, 3)),
+     _ref_conv((3, 3), "SAME")),
+    ("conv1", lambda impl: layers.Conv(5, use_bias=False, impl=impl, kernel_size=(1, 1)),
+     _ref_conv((1, 1), "SAME")),
+])
+def test_conv_layers_match_flax_reference(name, make, ref):
+    # resize_small stays below layers._SUBPIXEL_MIN_PIXELS: ResizeConv's im2col branch.
+    shape = (2, 4, 6, 3) if name == "resize_small" else (2, 12, 16, 3)
+    assert (name != "resize_small") == (shape[1] * shape[2] >= layers._SUBPIXEL_MIN_PIXELS)
+    x = jax.random.normal(jax.random.key(0), shape)
+    variables = make("matmul").init(jax.random.key(1), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(make("xla_conv").init(jax.random.key(1), x))
+    results = {impl: _values_and_grads(jax.jit(make(impl).apply), variables, x)
+               for impl in ("matmul", "xla_conv")}
+    results["flax"] = _values_and_grads(
+        jax.jit(lambda v, x: ref(v["params"]["kernel"], x)), variables, x)
+    expected = results["flax"]
+    assert float(jnp.abs(expected[0]).max()) > 0.01  # a non-trivial output to compare
+    for impl in ("matmul", "xla_conv"):
+        for got, want in zip(jax.tree.leaves(results[impl]), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5,
+                                       err_msg=f"{name} {impl}")
+
+
+def test_kernel_layout_bijections_round_trip():
+    k = jax.random.normal(jax.random.key(0), (4, 4, 3, 5))
+    assert layers.s2d_kernel_from_conv(k).shape == (2, 2, 12, 5)
+    assert layers.subpixel_kernel_from_conv_transpose(k).shape == (2, 2, 3, 20)
+    np.testing.assert_array_equal(layers.conv_from_s2d_kernel(layers.s2d_kernel_from_conv(k)), k)
+    np.testing.assert_array_equal(
+        layers.conv_transpose_from_subpixel_kernel(layers.subpixel_kernel_from_conv_transpose(k)), k)
+
+
+def test_conv_bias_dtype_and_bad_impl():
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))
+    conv = layers.DownConv(3, dtype=jnp.bfloat16, impl="matmul")
+    v = conv.init(jax.random.key(1), x)
+    assert v["params"]["bias"].shape == (3,) and v["params"]["kernel"].dtype == jnp.float32
+    assert conv.apply(v, x).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        layers.DownConv(3, impl="cudnn").init(jax.random.key(1), x)
+    with pytest.raises(ValueError, match="even height and width"):
+        layers.DownConv(3, impl="matmul").init(jax.random.key(1), x[:, :3])
+    assert layers.resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu"
+                                                else "xla_conv")
+
+
+@pytest.mark.parametrize("name", ["pix2pix", "deocc"])
+def test_models_same_params_and_outputs_under_both_conv_impls(name):
+    # Checkpoints are portable between CPU (matmul) and GPU (xla_conv): same tree, same function,
+    # including spectral norm's power iteration (deocc's discriminator).
+    c = CONFIGS[name].get_config("runlocal")
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    outs = {}
+    for impl in ("matmul", "xla_conv"):
+        c.model.conv_impl = impl
+        g, d = models.build_generator(c), models.build_discriminator(c)
+        gv = g.init(jax.random.key(1), x)
+        dv = d.init(jax.random.key(2), x, x)
+        rgb = g.apply(gv, x)["rgb"]
+        d_out, d_state = d.apply(dv, x, rgb, train=True, mutable=["batch_stats"])
+        outs[impl] = (gv, dv, rgb, [o["logits"] for o in d_out], d_state)
+    for got, want in zip(jax.tree.leaves(outs["matmul"]), jax.tree.leaves(outs["xla_conv"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-4)
+    assert jax.tree.structure(outs["matmul"]) == jax.tree.structure(outs["xla_conv"])
+    with pytest.raises(ValueError, match="conv_impl"):
+        c.model.conv_impl = "fast"
+        models.build_generator(c)
+
+
+def test_pix2pix_128_param_counts_match_reference():
+    c = pix2pix.get_config()
+    c.resolution = 128
+    x = jnp.zeros((1, 128, 128, 3))
+    g = jax.eval_shape(lambda: models.build_generator(c).init(jax.random.key(0), x))
+    d = jax.eval_shape(lambda: models.build_discriminator(c).init(jax.random.key(0), x, x))
+    assert _count(g["params"]) == 41_828_995 and _count(d["params"]) == 2_768_705
+
+
+def test_instance_norm_equals_flax_group_norm():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6)) * 3 + 1
+    ref = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, use_bias=False, use_scale=False)
+    want = ref.apply({}, x)
+    got = layers.Norm("instance").apply({}, x, train=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    gw = jax.grad(lambda x: jnp.sum(ref.apply({}, x) * x))(x)
+    gg = jax.grad(lambda x: jnp.sum(layers.Norm("instance").apply({}, x, train=True) * x))(x)
+    np.testing.assert_allclose(np.asarray(gg), np.asarray(gw), atol=1e-4, rtol=1e-4)

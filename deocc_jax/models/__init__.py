@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from deocc_jax.models.layers import CONV_IMPLS
 from deocc_jax.models.patchgan import MultiScalePatchGAN, n_layers_for_resolution, receptive_field
 from deocc_jax.models.unet import UNet
 
@@ -22,7 +23,7 @@ MODES = ("blind", "guided")
 
 __all__ = ["UNet", "MultiScalePatchGAN", "build_generator", "build_discriminator", "generate",
            "generator_inputs", "compute_dtype", "receptive_field", "n_layers_for_resolution",
-           "uses_discriminator", "MODES"]
+           "uses_discriminator", "conv_impl", "CONV_IMPLS", "MODES"]
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
@@ -31,6 +32,17 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
     return jnp.dtype(name)
+
+
+def conv_impl(config: ml_collections.ConfigDict) -> str:
+    """`config.model.conv_impl`: "auto" (matmul on CPU, XLA convs elsewhere), "matmul", "xla_conv".
+
+    Only the computation changes; parameters are identical, so checkpoints move between them.
+    """
+    name = config.model.get("conv_impl", "auto")
+    if name not in CONV_IMPLS:
+        raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {name!r}")
+    return name
 
 
 def generator_depth(config: ml_collections.ConfigDict) -> int:
@@ -54,7 +66,8 @@ def build_generator(config: ml_collections.ConfigDict) -> UNet:
         norm=g.norm, upsample=g.upsample, dropout=g.dropout, dropout_levels=g.dropout_levels,
         self_attention_stride=g.self_attention_stride, attention_heads=g.get("attention_heads", 4),
         attention_gates=g.attention_gates,
-        mask_head=(mode == "blind" and g.mask_head), dtype=compute_dtype(config))
+        mask_head=(mode == "blind" and g.mask_head), dtype=compute_dtype(config),
+        conv_impl=conv_impl(config))
 
 
 def uses_discriminator(config: ml_collections.ConfigDict) -> bool:
@@ -70,7 +83,7 @@ def build_discriminator(config: ml_collections.ConfigDict) -> MultiScalePatchGAN
     n_layers = d.get("n_layers") or n_layers_for_resolution(config.resolution)
     return MultiScalePatchGAN(base_width=d.base_width, n_layers=n_layers, norm=d.norm,
                               spectral_norm=d.spectral_norm, num_scales=d.num_scales,
-                              dtype=compute_dtype(config))
+                              dtype=compute_dtype(config), conv_impl=conv_impl(config))
 
 
 def generator_inputs(config: ml_collections.ConfigDict, occluded: jax.Array,

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deocc_jax.models.layers import Norm, conv_init
+from deocc_jax.models.layers import Conv, DownConv, Norm
 
 
 def receptive_field(n_layers: int) -> int:
@@ -31,17 +31,28 @@ def n_layers_for_resolution(resolution: int) -> int:
 
 
 class _Conv(nn.Module):
+    """4x4 conv, padding 1, stride 2 (layers.DownConv) or 1 (layers.Conv), optionally spectral-normed.
+
+    nn.SpectralNorm reshapes the kernel to (-1, Cout) before its power iteration; DownConv's
+    (2, 2, 4*Cin, Cout) kernel holds the same rows as nn.Conv's (4, 4, Cin, Cout), permuted, so
+    the matrix has the same singular values whatever the layout.
+    """
     features: int
     strides: int
     use_bias: bool
     spectral_norm: bool
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = nn.Conv(self.features, (4, 4), strides=(self.strides, self.strides),
-                       padding=((1, 1), (1, 1)), use_bias=self.use_bias,
-                       kernel_init=conv_init(), dtype=self.dtype)
+        if self.strides == 2:
+            conv = DownConv(self.features, self.use_bias, self.dtype, self.conv_impl, name="conv")
+        elif self.strides == 1:
+            conv = Conv(self.features, self.use_bias, self.dtype, self.conv_impl,
+                        kernel_size=(4, 4), padding=((1, 1), (1, 1)), name="conv")
+        else:
+            raise ValueError(f"PatchGAN convs have stride 1 or 2, got {self.strides}")
         if self.spectral_norm:
             # The power-iteration vector lives in the `batch_stats` collection.
             return nn.SpectralNorm(conv)(x, update_stats=train)
@@ -58,22 +69,24 @@ class PatchGAN(nn.Module):
     norm: str = "batch"
     spectral_norm: bool = False
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, condition: jax.Array, image: jax.Array, train: bool = False):
         use_bias = self.norm != "batch"
         h = jnp.concatenate([condition, image], axis=-1).astype(self.dtype)
         features = []
-        h = nn.leaky_relu(_Conv(self.base_width, 2, True, self.spectral_norm, self.dtype)(h, train), 0.2)
+        h = _Conv(self.base_width, 2, True, self.spectral_norm, self.dtype, self.conv_impl)(h, train)
+        h = nn.leaky_relu(h, 0.2)
         features.append(h)
         for n in range(1, self.n_layers + 1):
             width = self.base_width * min(2 ** n, 8)
             stride = 2 if n < self.n_layers else 1
-            h = _Conv(width, stride, use_bias, self.spectral_norm, self.dtype)(h, train)
+            h = _Conv(width, stride, use_bias, self.spectral_norm, self.dtype, self.conv_impl)(h, train)
             h = Norm(self.norm, dtype=self.dtype)(h, train)
             h = nn.leaky_relu(h, 0.2)
             features.append(h)
-        logits = _Conv(1, 1, True, self.spectral_norm, self.dtype)(h, train)
+        logits = _Conv(1, 1, True, self.spectral_norm, self.dtype, self.conv_impl)(h, train)
         return {"logits": logits.astype(jnp.float32), "features": features}
 
 
@@ -85,6 +98,7 @@ class MultiScalePatchGAN(nn.Module):
     spectral_norm: bool = False
     num_scales: int = 1
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, condition: jax.Array, image: jax.Array, train: bool = False) -> list[dict]:
@@ -94,6 +108,7 @@ class MultiScalePatchGAN(nn.Module):
                 condition = nn.avg_pool(condition, (2, 2), strides=(2, 2))
                 image = nn.avg_pool(image, (2, 2), strides=(2, 2))
             outputs.append(PatchGAN(self.base_width, max(1, self.n_layers - s), self.norm,
-                                    self.spectral_norm, self.dtype, name=f"scale{s}")(
+                                    self.spectral_norm, self.dtype, self.conv_impl,
+                                    name=f"scale{s}")(
                                         condition, image, train))
         return outputs

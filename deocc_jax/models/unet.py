@@ -6,20 +6,22 @@ in the encoder and ReLU in the decoder, no norm on the outermost and innermost
 encoder convs, dropout on the decoder levels just above the bottleneck.
 
 Upsampling is either "resize_conv" (nearest resize + 3x3 conv: no checkerboard
-artefacts and much faster gradients on XLA CPU) or "conv_transpose" (the
-pix2pix reference). The transposed-conv path lives only in `_Upsample` so a
-faster equivalent formulation can replace it without touching the rest.
+artefacts) or "conv_transpose" (the pix2pix reference). Every convolution is a
+`layers` module (DownConv / UpConv / ResizeConv / Conv) whose compute follows
+`conv_impl` (im2col matmuls on CPU, XLA convolutions on GPU) with the same
+parameters either way.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deocc_jax.models.layers import Norm, conv_init
+from deocc_jax.models.layers import Conv, DownConv, Norm, ResizeConv, UpConv
 
 UPSAMPLE_KINDS = ("resize_conv", "conv_transpose")
 
@@ -30,19 +32,16 @@ class _Upsample(nn.Module):
     kind: str
     use_bias: bool
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.kind == "resize_conv":
-            b, h, w, c = x.shape
-            x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
-            return nn.Conv(self.features, (3, 3), padding="SAME", use_bias=self.use_bias,
-                           kernel_init=conv_init(), dtype=self.dtype)(x)
+            return ResizeConv(self.features, self.use_bias, self.dtype, self.conv_impl,
+                              name="conv")(x)
         if self.kind == "conv_transpose":
-            # PyTorch ConvTranspose2d(k=4, s=2, p=1) == flax "SAME" padding for stride 2.
-            return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding="SAME",
-                                    use_bias=self.use_bias, kernel_init=conv_init(),
-                                    dtype=self.dtype)(x)
+            # == PyTorch ConvTranspose2d(k=4, s=2, p=1); see layers.UpConv.
+            return UpConv(self.features, self.use_bias, self.dtype, self.conv_impl, name="conv")(x)
         raise ValueError(f"unknown upsample {self.kind!r}; choose one of {UPSAMPLE_KINDS}")
 
 
@@ -68,13 +67,17 @@ class AttentionGate(nn.Module):
     network can learn to pass skip features only where the input is not hidden.
     """
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, skip: jax.Array, gate: jax.Array) -> jax.Array:
         inter = max(skip.shape[-1] // 2, 1)
-        theta = nn.Conv(inter, (1, 1), use_bias=False, dtype=self.dtype)(skip)
-        phi = nn.Conv(inter, (1, 1), dtype=self.dtype)(gate)
-        psi = nn.Conv(1, (1, 1), dtype=self.dtype)(nn.relu(theta + phi))
+        # 1x1 convs with flax's default lecun-normal init (as nn.Conv had).
+        conv = functools.partial(Conv, kernel_size=(1, 1), dtype=self.dtype, impl=self.conv_impl,
+                                 kernel_init=nn.initializers.lecun_normal())
+        theta = conv(inter, use_bias=False, name="theta")(skip)
+        phi = conv(inter, name="phi")(gate)
+        psi = conv(1, name="psi")(nn.relu(theta + phi))
         return skip * nn.sigmoid(psi)
 
 
@@ -96,6 +99,7 @@ class UNet(nn.Module):
       mask_head: also predict occlusion-mask logits (blind mode).
       out_channels: RGB channels.
       dtype: compute dtype (parameters stay float32).
+      conv_impl: "auto" | "matmul" | "xla_conv" (see layers.py; parameters are the same).
     """
     base_width: int = 64
     depth: int = 8
@@ -110,6 +114,7 @@ class UNet(nn.Module):
     mask_head: bool = True
     out_channels: int = 3
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def _width(self, level: int) -> int:
         return min(self.base_width * 2 ** level, self.max_width)
@@ -128,9 +133,8 @@ class UNet(nn.Module):
         for level in range(self.depth):
             if level > 0:
                 h = nn.leaky_relu(h, 0.2)
-            h = nn.Conv(self._width(level), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        use_bias=use_bias, kernel_init=conv_init(), dtype=self.dtype,
-                        name=f"down{level}")(h)
+            h = DownConv(self._width(level), use_bias, self.dtype, self.conv_impl,
+                         name=f"down{level}")(h)
             if 0 < level < self.depth - 1:
                 h = Norm(self.norm, dtype=self.dtype, name=f"down{level}_norm")(h, train)
             skips.append(h)
@@ -138,7 +142,7 @@ class UNet(nn.Module):
         for level in reversed(range(self.depth - 1)):
             h = nn.relu(h)
             h = _Upsample(self._width(level), self.upsample, use_bias, self.dtype,
-                          name=f"up{level}")(h)
+                          self.conv_impl, name=f"up{level}")(h)
             h = Norm(self.norm, dtype=self.dtype, name=f"up{level}_norm")(h, train)
             from_bottom = self.depth - 2 - level
             if self.dropout > 0 and 1 <= from_bottom <= self.dropout_levels:
@@ -148,12 +152,12 @@ class UNet(nn.Module):
                 h = SelfAttention(self.attention_heads, self.dtype, name=f"attn{level}")(h)
             skip = skips[level]
             if self.attention_gates:
-                skip = AttentionGate(self.dtype, name=f"gate{level}")(skip, h)
+                skip = AttentionGate(self.dtype, self.conv_impl, name=f"gate{level}")(skip, h)
             h = jnp.concatenate([h, skip], axis=-1)
 
         h = nn.relu(h)
         out_ch = self.out_channels + (1 if self.mask_head else 0)
-        h = _Upsample(out_ch, self.upsample, True, self.dtype, name="out")(h)
+        h = _Upsample(out_ch, self.upsample, True, self.dtype, self.conv_impl, name="out")(h)
         h = h.astype(jnp.float32)
         return {
             "rgb": jnp.tanh(h[..., :self.out_channels]),
