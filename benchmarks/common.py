@@ -36,6 +36,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def define_data_flags() -> None:
+    """The flags of the benchmarks that prepare (or reuse) their data set with data_prep."""
+    from absl import flags
+    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR,
+                        "Prepared data set; built from --photos when missing.")
+    flags.DEFINE_string("photos", DEFAULT_PHOTOS, "Face photos to prepare from.")
+    flags.DEFINE_integer("max_photos", 120, "Photos used when preparing the data.")
+    flags.DEFINE_string("occluders_dir", DEFAULT_OCCLUDERS,
+                        "Occluder folder for data prep ('' = procedural only).")
+
+
 def machine_info() -> dict[str, Any]:
     """Where the numbers come from: CPU, cores, jax device, library versions, XLA flags.
 

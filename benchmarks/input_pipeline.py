@@ -38,12 +38,8 @@ from benchmarks import common  # noqa: E402
 def define_flags() -> None:
     """The binary's absl flags (defined only when run as a program, so that importing this
     module next to other benchmarks and tests defines no flags)."""
-    flags.DEFINE_string("data_dir", common.DEFAULT_DATA_DIR,
-        "Prepared data set; built from --photos when missing.")
-    flags.DEFINE_string("photos", common.DEFAULT_PHOTOS, "Face photos to prepare from.")
-    flags.DEFINE_integer("max_photos", 120, "Photos used when preparing the data.")
-    flags.DEFINE_string("occluders_dir", common.DEFAULT_OCCLUDERS,
-        "Occluder folder for data prep ('' = procedural only).")
+    common.define_data_flags()
+    flags.adopt_module_key_flags(common)  # list them in this binary's --help
     flags.DEFINE_integer("resolution", 128, "Crop size of the data and the model.")
     flags.DEFINE_integer("batch_size", 8, "Images per batch (pipeline and step).")
     flags.DEFINE_list("threads", ["1", "2"], "config.data.num_threads values to time.")

@@ -51,12 +51,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_steps", 100_000, "num_train_steps given to the trainer.")
     flags.DEFINE_enum("schedules", "budget", ["budget", "config"],
         "budget: constant lr, no warm-up, no EMA; config: as configured.")
-    flags.DEFINE_string("data_dir", common.DEFAULT_DATA_DIR,
-        "Prepared data set; built from --photos when missing.")
-    flags.DEFINE_string("photos", common.DEFAULT_PHOTOS, "Face photos to prepare from.")
-    flags.DEFINE_integer("max_photos", 120, "Photos used when preparing the data.")
-    flags.DEFINE_string("occluders_dir", common.DEFAULT_OCCLUDERS,
-        "Occluder folder for data prep ('' = procedural only).")
+    common.define_data_flags()
+    flags.adopt_module_key_flags(common)  # list them in this binary's --help
     flags.DEFINE_string("work_dir", "/tmp/deocc_bench/quality",
         "Workdirs, logs and the evaluation go here (replaced).")
     flags.DEFINE_float("startup_timeout_s", 1800.0,
