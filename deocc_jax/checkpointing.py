@@ -53,6 +53,9 @@ class _IteratorState:
 
 
 def checkpoint_dir(workdir: str) -> str:
+    """`{workdir}/checkpoints`, absolute: orbax refuses relative local paths (gs:// stays as is)."""
+    if "://" not in workdir:
+        workdir = os.path.abspath(workdir)
     return os.path.join(workdir, CHECKPOINT_SUBDIR)
 
 

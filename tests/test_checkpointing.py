@@ -196,3 +196,18 @@ def test_best_and_latest_resolution(reference):
             ckpt.resolve("best")  # the reference run never evaluated
     finally:
         ckpt.close()
+
+
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    # The quickstart's default output folder is relative; orbax refuses relative paths.
+    import jax
+    import ml_collections
+    monkeypatch.chdir(tmp_path)
+    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    ckpt = checkpointing.Checkpointer("relative_workdir", async_save=False)
+    ckpt.save(7, {"g": tree}, data_state=None, config=ml_collections.ConfigDict({"seed": 0}))
+    ckpt.wait()
+    assert (tmp_path / "relative_workdir" / "checkpoints" / "7").is_dir()
+    restored = checkpointing.Checkpointer("relative_workdir", read_only=True).restore(
+        7, {"g": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)})
+    np.testing.assert_array_equal(np.asarray(restored["g"]["w"]), tree["w"])
