@@ -15,17 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def qs(quickstart_run):
-    return quickstart_run
-
-
-@pytest.fixture(scope="module")
-def metrics(qs):
-    with open(qs["outputs"]["metrics"]) as f:
+def metrics(quickstart_run):
+    with open(quickstart_run["outputs"]["metrics"]) as f:
         return json.load(f)
 
 
-def test_metrics_json_has_every_field(metrics, qs):
+def test_metrics_json_has_every_field(metrics, quickstart_run):
     methods = metrics["methods"]
     assert list(methods) == ["model", "occluded_input", "opencv_telea", "opencv_ns"]
     n = metrics["num_examples"]
@@ -42,22 +37,22 @@ def test_metrics_json_has_every_field(metrics, qs):
     # Baselines never see a predicted mask; the blind model reports its IoU.
     assert "mask_iou" not in methods["opencv_telea"]["overall"]
     assert 0.0 <= methods["model"]["overall"]["mask_iou"] <= 1.0
-    assert metrics["checkpoints"]["model"]["step"] == qs["steps"]
+    assert metrics["checkpoints"]["model"]["step"] == quickstart_run["steps"]
     # The Markdown table and the sample grid are written beside the JSON.
-    with open(qs["outputs"]["metrics_table"]) as f:
+    with open(quickstart_run["outputs"]["metrics_table"]) as f:
         table = f.read()
     for name in methods:
         assert f"| {name} |" in table
     import cv2
-    grid = cv2.imread(qs["outputs"]["eval_samples"])
+    grid = cv2.imread(quickstart_run["outputs"]["eval_samples"])
     # occluded | model | telea | ns | clean, at 128 px per tile.
     assert grid is not None and grid.shape[1] == 5 * 128
     kinds = {g["kind"] for g in metrics["grid_examples"]}
     assert {"best", "worst"} <= kinds or n < 2
 
 
-def test_occluded_input_ssim_equals_skimage(metrics, qs):
-    split = eval_lib.load_split(qs["outputs"]["dataset"], "test")
+def test_occluded_input_ssim_equals_skimage(metrics, quickstart_run):
+    split = eval_lib.load_split(quickstart_run["outputs"]["dataset"], "test")
     want = np.mean([structural_similarity(c, o, data_range=255, gaussian_weights=True,
                                           channel_axis=-1)
                     for c, o in zip(split.clean, split.occluded)])
@@ -69,15 +64,15 @@ def test_occluded_input_ssim_equals_skimage(metrics, qs):
 
 
 @pytest.mark.slow
-def test_cli_on_another_device_count_matches(qs, metrics, tmp_path):
+def test_cli_on_another_device_count_matches(quickstart_run, metrics, tmp_path):
     """The checkpoint was written on 8 devices; evaluate it on 2 through the CLI."""
     out = tmp_path / "m.json"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "deocc_jax.evaluate", f"--workdir={qs['outputs']['workdir']}",
-         f"--data_dir={qs['outputs']['dataset']}", "--split=test", f"--output={out}",
-         f"--compare={qs['outputs']['workdir']}", "--batch_size=4"],
+        [sys.executable, "-m", "deocc_jax.evaluate", f"--workdir={quickstart_run['outputs']['workdir']}",
+         f"--data_dir={quickstart_run['outputs']['dataset']}", "--split=test", f"--output={out}",
+         f"--compare={quickstart_run['outputs']['workdir']}", "--batch_size=4"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:

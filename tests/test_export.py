@@ -12,20 +12,15 @@ from deocc_jax import eval_lib, export_lib, inference
 
 
 @pytest.fixture(scope="module")
-def qs(quickstart_run):
-    return quickstart_run
+def runner(quickstart_run):
+    return export_lib.SavedModelRunner(quickstart_run["outputs"]["export"])
 
 
-@pytest.fixture(scope="module")
-def runner(qs):
-    return export_lib.SavedModelRunner(qs["outputs"]["export"])
-
-
-def test_round_trip_matches_jax_on_real_faces(qs, runner):
+def test_round_trip_matches_jax_on_real_faces(quickstart_run, runner):
     # Real occluded faces from the test split (aligned photos from ../shared).
-    split = eval_lib.load_split(qs["outputs"]["dataset"], "test")
+    split = eval_lib.load_split(quickstart_run["outputs"]["dataset"], "test")
     images = np.concatenate([split.occluded, split.occluded])[:3]
-    config, variables = inference.load_model(qs["outputs"]["workdir"])
+    config, variables = inference.load_model(quickstart_run["outputs"]["workdir"])
     predict = jax.jit(functools.partial(inference.predict, config))
     for batch in (1, 3):
         got = runner(images[:batch])

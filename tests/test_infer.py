@@ -16,18 +16,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def qs(quickstart_run):
-    return quickstart_run
+def model(quickstart_run):
+    return infer_lib.load_model(quickstart_run["outputs"]["export"])
 
 
-@pytest.fixture(scope="module")
-def model(qs):
-    return infer_lib.load_model(qs["outputs"]["export"])
-
-
-def test_pixels_outside_the_blend_are_unchanged(qs, model, tmp_path):
+def test_pixels_outside_the_blend_are_unchanged(quickstart_run, model, tmp_path):
     # A real photo with an occluder (the quickstart's demo input).
-    path = qs["outputs"]["demo_input"]
+    path = quickstart_run["outputs"]["demo_input"]
     image = infer_lib.read_rgb(path)
     with FaceAnalyzer() as analyzer:
         faces = analyzer.detect(image)
@@ -63,16 +58,16 @@ def test_blend_alpha_is_feathered_and_zero_at_crop_border():
 
 
 @pytest.mark.slow
-def test_photo_without_face_is_copied_and_reported(qs, tmp_path):
+def test_photo_without_face_is_copied_and_reported(quickstart_run, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     cat = sample_photos.no_face_photo_path()  # a real photo of a cat
     shutil.copyfile(cat, src / "cat.png")
-    shutil.copyfile(qs["outputs"]["demo_input"], src / "person.png")
+    shutil.copyfile(quickstart_run["outputs"]["demo_input"], src / "person.png")
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "deocc_jax.infer", f"--model={qs['outputs']['export']}",
+        [sys.executable, "-m", "deocc_jax.infer", f"--model={quickstart_run['outputs']['export']}",
          f"--input={src}", f"--output={out}", f"--report={tmp_path / 'report.json'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -99,12 +94,12 @@ def _make_video(path, frames=18, fps=12.5, size=256):
     writer.release()
 
 
-def test_video_keeps_frame_count_and_rate(qs, tmp_path):
+def test_video_keeps_frame_count_and_rate(quickstart_run, tmp_path):
     clip = tmp_path / "clip.mp4"
     _make_video(clip)
     src = video.probe(str(clip))
     assert src.frame_count == 18
-    model = infer_lib.load_model(qs["outputs"]["workdir"])  # the JAX checkpoint this time
+    model = infer_lib.load_model(quickstart_run["outputs"]["workdir"])  # the JAX checkpoint this time
     lines = []
     stats = infer_lib.process_video(model, str(clip), str(tmp_path / "out"), side_by_side_out=True,
                                     log=lines.append)
