@@ -1,0 +1,1 @@
+"""Writers of a trained generator in each serving format (SavedModel, ONNX, LiteRT)."""

@@ -1,0 +1,1 @@
+"""Files, images, video and exported-model runners: the bottom layer (no deocc imports but errors)."""

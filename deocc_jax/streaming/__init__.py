@@ -1,0 +1,1 @@
+"""Live de-occlusion: pipelined capture, detection, model and output with bounded latency."""
