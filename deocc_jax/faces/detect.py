@@ -5,6 +5,9 @@ model and starts a thread pool) and close it when done, e.g.
 
     with FaceAnalyzer() as fa:
         faces = fa.detect(image_rgb)
+
+`FaceAnalyzer(blendshapes=True)` also returns MediaPipe's 52 ARKit-style
+blendshape scores per face (`Face.blendshapes`, ordered as `BLENDSHAPE_NAMES`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,21 @@ import numpy as np
 from deocc_jax import assets
 
 NUM_LANDMARKS = 478
+# MediaPipe's blendshape categories in index order (face_landmarker.task v1).
+# "_neutral" is a placeholder that the model scores 0; the other 51 are expressions.
+BLENDSHAPE_NAMES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+    "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft",
+    "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
+    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft",
+    "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
+    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
+    "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
+    "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
+    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight")
+NUM_BLENDSHAPES = len(BLENDSHAPE_NAMES)  # 52
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +43,12 @@ class Face:
     Attributes:
       landmarks: float32 [478, 2], (x, y) in image pixels.
       bbox: float32 [4], (x0, y0, x1, y1) of the landmarks in image pixels.
+      blendshapes: float32 [52] scores in [0, 1] ordered as `BLENDSHAPE_NAMES`,
+        or None when the analyzer was made without `blendshapes=True`.
     """
     landmarks: np.ndarray
     bbox: np.ndarray
+    blendshapes: np.ndarray | None = None
 
     @property
     def width(self) -> float:
@@ -50,13 +71,30 @@ def _as_srgb(image_rgb: np.ndarray):
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image_rgb))
 
 
+def _blendshape_scores(categories) -> np.ndarray:
+    """float32 [52] from one face's blendshape Category list, placed by category index."""
+    scores = np.zeros(NUM_BLENDSHAPES, np.float32)
+    for c in categories:
+        # A model whose categories differ from ours would silently mean other expressions.
+        if c.index >= NUM_BLENDSHAPES or c.category_name != BLENDSHAPE_NAMES[c.index]:
+            raise ValueError(f"unexpected blendshape category {c.index} {c.category_name!r} "
+                             f"(expected MediaPipe's {NUM_BLENDSHAPES} ARKit blendshapes)")
+        scores[c.index] = c.score
+    return scores
+
+
 def faces_from_result(result, width: int, height: int) -> list[Face]:
-    """Converts a FaceLandmarkerResult (normalised coords) into pixel-space Faces."""
+    """Converts a FaceLandmarkerResult (normalised coords) into pixel-space Faces.
+
+    Blendshapes are attached when the result has them (one list per face).
+    """
     faces = []
-    for lms in result.face_landmarks:
+    shapes = getattr(result, "face_blendshapes", None) or []
+    for i, lms in enumerate(result.face_landmarks):
         pts = np.array([(p.x * width, p.y * height) for p in lms], np.float32)
         bbox = np.concatenate([pts.min(0), pts.max(0)]).astype(np.float32)
-        faces.append(Face(landmarks=pts, bbox=bbox))
+        bs = _blendshape_scores(shapes[i]) if i < len(shapes) else None
+        faces.append(Face(landmarks=pts, bbox=bbox, blendshapes=bs))
     return faces
 
 
@@ -70,21 +108,25 @@ class FaceAnalyzer:
       min_confidence: detection / presence / tracking threshold. Occluded faces
         score low, so the default (0.3) is below MediaPipe's 0.5.
       model_path: explicit face_landmarker.task; else `assets.resolve_model`.
+      blendshapes: also compute the 52 blendshape scores of each face
+        (`Face.blendshapes`); off by default since few callers need them.
     """
 
     def __init__(self, mode: str = "image", num_faces: int = 1, min_confidence: float = 0.3,
-                 model_path: str | None = None):
+                 model_path: str | None = None, blendshapes: bool = False):
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core import base_options
 
         if mode not in ("image", "video"):
             raise ValueError(f"mode must be 'image' or 'video', got {mode!r}")
         self.mode = mode
+        self.blendshapes = bool(blendshapes)
         path = assets.resolve_model("face_landmarker.task", model_path)
         options = vision.FaceLandmarkerOptions(
             base_options=base_options.BaseOptions(model_asset_path=path),
             running_mode=(vision.RunningMode.IMAGE if mode == "image" else vision.RunningMode.VIDEO),
             num_faces=num_faces,
+            output_face_blendshapes=bool(blendshapes),
             min_face_detection_confidence=min_confidence,
             min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence)
