@@ -43,6 +43,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Shard parameters with at least this many elements over the data axis
     # (FSDP-style); 0 keeps every parameter replicated.
     c.fsdp_min_params = 0
+    # Start the generator from a trained model (a pretrained folder such as
+    # pretrained/deocc-128, or a workdir) instead of a random init: fine-tuning.
+    c.init_from = ""
+    # Face-aware validation metrics (expression, landmarks, identity; needs MediaPipe).
+    c.eval_face_metrics = False
+    c.profile = False  # a profiler trace of a few steps into {workdir} (clu periodic_actions.Profile)
 
     c.data = ml_collections.ConfigDict(dict(
         flip_prob=0.5, color_jitter=0.05, num_threads=2, prefetch_buffer_size=4))

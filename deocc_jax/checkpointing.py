@@ -33,6 +33,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from deocc_jax import errors
+
 BEST_METRIC = "val_ssim"
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -107,15 +109,16 @@ class Checkpointer:
         elif checkpoint == "best":
             step = self.best_step()
             if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory} has {BEST_METRIC} "
-                                        "metrics; use checkpoint='latest'")
+                raise errors.InputNotFoundError(
+                    f"{self.directory}: no checkpoint has {BEST_METRIC} metrics (validation never "
+                    "ran); use --checkpoint=latest")
         else:
             step = int(checkpoint)
             if step not in self.all_steps():
                 step = None
         if step is None:
-            raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {self.directory} "
-                                    f"(available steps: {self.all_steps()})")
+            raise errors.InputNotFoundError(f"{self.directory}: checkpoint {checkpoint!r} not found "
+                                            f"(available steps: {self.all_steps()})")
         return step
 
     def has_item(self, step: int, name: str) -> bool:

@@ -1,10 +1,12 @@
-"""User errors and how every deocc binary reports them.
+"""User errors, and how every deocc binary reports them and its progress.
 
 A `UserError` is a mistake the user can fix (a missing file, a bad flag, input
 that cannot be used). Its message is one line that names the file or flag and
 the reason. Binaries started with `run(main)` print that line and exit with
 `EXIT_USER_ERROR` instead of a traceback; `--verbosity=1` (or higher) shows the
-traceback too, for bug reports.
+traceback too, for bug reports. `run` also keeps libraries' INFO chatter
+(orbax writes dozens of lines per checkpoint) off the console, so deocc's own
+progress lines stay readable; `--verbosity=1` brings it back.
 
 The subclasses also derive from the built-in exception a caller would expect
 (`FileNotFoundError`, `FileExistsError`, `ValueError`), so code that catches
@@ -13,10 +15,13 @@ those keeps working.
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 from typing import Callable, Sequence
 
 EXIT_USER_ERROR = 2  # what absl's UsageError also exits with
+# Libraries whose INFO lines are hidden at the default verbosity (path fragments of their files).
+QUIET_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow/", "/jax/_src/", "/etils/")
 
 
 class UserError(Exception):
@@ -41,6 +46,14 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+class _QuietLibraries(std_logging.Filter):
+    """Drops INFO records logged from QUIET_LIBRARIES' files; warnings always pass."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(
+            part in record.pathname for part in QUIET_LIBRARIES)
+
+
 def run(main: Callable[[Sequence[str]], object], **kwargs) -> None:
     """`absl.app.run(main)`, with `UserError`s reported as one line and exit code 2.
 
@@ -51,6 +64,8 @@ def run(main: Callable[[Sequence[str]], object], **kwargs) -> None:
     from absl import app, logging
 
     def guarded(argv):
+        if logging.get_verbosity() < logging.DEBUG:
+            logging.get_absl_handler().addFilter(_QuietLibraries())
         try:
             return main(argv)
         except UserError as e:

@@ -1,14 +1,18 @@
-"""Evaluation of trained models and baselines on a prepared split.
+"""Evaluation of trained models and baselines on a prepared split: one path for everyone.
 
-One pass over the split computes, for every method, the per-image metrics of
-`deocc_jax.metrics.image_metrics` (whole image and inside the true occluder
-mask, plus predicted-mask IoU for blind models) with a jitted function whose
-batch is sharded over every device (`Mesh` + `NamedSharding`). Per-image values
-are then averaged overall and per occluder category on the host.
+The training loop's validation (`validate`) and the `deocc_jax.evaluate`
+binary (`evaluate`) both run `Evaluator.run`: batches from the grain eval
+iterator are laid out over the device mesh, every method restores them, and
+the per-image metrics of `deocc_jax.metrics.image_metrics` (whole image and
+inside the true occluder mask, plus predicted-mask IoU for models with a mask
+head) are computed jitted on the sharded batch; face-aware metrics
+(`deocc_jax.face_metrics`: expression, landmarks, identity) run on the host
+where enabled. Per-image values are then averaged overall and per occluder
+category.
 
 Methods compared on the same examples:
-  model                 the workdir's checkpoint
-  compare:<name>        any other workdirs (`--compare`)
+  model                 the model under test (a workdir, pretrained folder or export)
+  compare:<name>        any other models (`--compare`)
   occluded_input        the input itself (what doing nothing scores)
   opencv_telea, opencv_ns  OpenCV inpainting given the true mask
 
@@ -23,22 +27,26 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from deocc_jax import baselines, metrics
-from deocc_jax.data import features
+from deocc_jax import baselines, errors, metrics, models, predictors, sharding
+from deocc_jax import face_metrics as fm_lib
+from deocc_jax.data import features, input_pipeline
 
-METRIC_KEYS = ("psnr", "ssim", "mse", "masked_psnr", "masked_ssim", "masked_mse", "mask_iou")
+PIXEL_KEYS = ("psnr", "ssim", "mse", "masked_psnr", "masked_ssim", "masked_mse", "mask_iou")
+METRIC_KEYS = PIXEL_KEYS + fm_lib.METRICS
 METRIC_LABELS = {
     "psnr": "PSNR (dB)", "ssim": "SSIM", "mse": "MSE",
     "masked_psnr": "PSNR occl. (dB)", "masked_ssim": "SSIM occl.", "masked_mse": "MSE occl.",
-    "mask_iou": "mask IoU",
+    "mask_iou": "mask IoU", fm_lib.EXPRESSION: "expression err.",
+    fm_lib.LANDMARKS: "landmark NME", fm_lib.IDENTITY: "identity dist.",
 }
 METRIC_NOTES = {
     "scale": "images in [0, 1]; PSNR peak 1; MSE in [0,1]^2 units",
@@ -48,112 +56,12 @@ METRIC_NOTES = {
     "ssim": "Gaussian window sigma 1.5, as skimage.metrics.structural_similarity("
             "gaussian_weights=True, channel_axis=-1, data_range=1)",
     "mask_iou": "IoU of predicted mask > 0.5 with the true mask (blind models with a mask head only)",
+    "face metrics": "expression_error, landmark_nme, identity_distance: lower is better; means "
+                    "over the examples where every method's face was found (the *_found counts)",
 }
 MODEL = "model"
 COMPARE_PREFIX = "compare:"
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass
-class Split:
-    """A whole split in memory (uint8 images)."""
-    clean: np.ndarray      # [N, R, R, 3]
-    occluded: np.ndarray   # [N, R, R, 3]
-    mask: np.ndarray       # [N, R, R, 1], 0 / 255
-    category: list[str]
-    source_id: list[str]
-
-    def __len__(self) -> int:
-        return len(self.category)
-
-
-def load_split(data_dir: str, split: str, max_examples: int | None = None) -> Split:
-    """Reads a prepared split (ArrayRecord shards) in file order.
-
-    Raises:
-      FileNotFoundError: no dataset / shards (the message says how to make one).
-      features.RecordError: a record does not parse (names the shard).
-    """
-    import grain
-
-    paths = features.list_shards(data_dir, split, "array_record")
-    source = grain.sources.ArrayRecordDataSource(paths)
-    n = len(source) if max_examples is None else min(max_examples, len(source))
-    if n == 0:
-        raise ValueError(f"split {split!r} in {data_dir!r} has no examples")
-    rows = [features.decode_example(source[i], f"{data_dir}/{split}[{i}]") for i in range(n)]
-    return Split(clean=np.stack([r["clean"] for r in rows]),
-                 occluded=np.stack([r["occluded"] for r in rows]),
-                 mask=np.stack([r["mask"] for r in rows]),
-                 category=[r["category"] for r in rows],
-                 source_id=[r["source_id"] for r in rows])
-
-
-# ----------------------------------------------------------------------------- sharding
-
-
-def make_mesh():
-    """A 1-D mesh over every device, axis "data".
-
-    Auto axis type: XLA propagates the batch sharding through the metric and
-    model code (reshapes included), which Explicit mode would reject.
-    """
-    return jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def _padded(x: np.ndarray, size: int) -> np.ndarray:
-    if x.shape[0] == size:
-        return x
-    pad = np.repeat(x[:1], size - x.shape[0], axis=0)  # copies of a real row: no NaNs
-    return np.concatenate([x, pad])
-
-
-def batches(n: int, batch_size: int) -> list[slice]:
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-class ShardedEvaluator:
-    """Runs models and the metrics jitted over a data-parallel mesh.
-
-    Args:
-      mesh: a mesh with a "data" axis; batches are split along it.
-      batch_size: global batch; rounded up to a multiple of the device count.
-    """
-
-    def __init__(self, mesh, batch_size: int):
-        self.mesh = mesh
-        n_dev = mesh.devices.size
-        self.batch_size = -(-batch_size // n_dev) * n_dev
-        self.data_sharding = NamedSharding(mesh, P("data"))
-        self.replicated = NamedSharding(mesh, P())
-        self._metrics_jit = jax.jit(self._metrics, out_shardings=self.data_sharding)
-
-    @staticmethod
-    def _metrics(pred, clean, mask, pred_mask):
-        scale = lambda x: x.astype(jnp.float32) / 255.0
-        return metrics.image_metrics(scale(pred), scale(clean), scale(mask), pred_mask,
-                                     data_range=1.0)
-
-    def put(self, x: np.ndarray):
-        return jax.device_put(_padded(x, self.batch_size), self.data_sharding)
-
-    def metrics(self, pred: np.ndarray, clean: np.ndarray, mask: np.ndarray,
-                pred_mask: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Per-image metrics of one (unpadded) batch as numpy [n] arrays."""
-        n = pred.shape[0]
-        out = self._metrics_jit(self.put(pred), self.put(clean), self.put(mask),
-                                  None if pred_mask is None else self.put(pred_mask))
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
-
-    def replicate(self, tree):
-        return jax.device_put(tree, self.replicated)
-
-    def jit_predict(self, predict_fn: Callable) -> Callable:
-        """fn(variables, images, masks) jitted with batch-sharded inputs and outputs."""
-        return jax.jit(predict_fn, out_shardings=self.data_sharding)
+IMAGE_KEYS = ("occluded", "clean", "mask")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -161,65 +69,239 @@ class ShardedEvaluator:
 
 @dataclasses.dataclass
 class Method:
-    """Something that restores a batch: fn(occluded uint8, true mask uint8) -> outputs."""
+    """Something that restores a batch.
+
+    `fn(batch, local)` gets the batch as global arrays on the mesh and as this
+    process's numpy rows, and returns {"deoccluded" uint8, "mask" float32?}
+    either as global arrays (models run on the mesh) or as local numpy rows
+    (host methods: OpenCV, exports run by another runtime).
+    """
     name: str
     description: str
-    fn: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    fn: Callable[[dict, dict], dict]
     predicts_mask: bool = False
+    info: dict = dataclasses.field(default_factory=dict)
 
 
-def model_method(name: str, workdir: str, checkpoint: str | int, evaluator: ShardedEvaluator,
-                 resolution: int) -> tuple[Method, dict[str, Any]]:
-    """A Method running a workdir's checkpoint with its batch sharded over the mesh."""
-    from deocc_jax import inference, infer_lib
+def jax_model_method(name: str, config: ml_collections.ConfigDict, variables: Any, mesh: Mesh, *,
+                     description: str, info: Mapping[str, Any] | None = None) -> Method:
+    """A Method running a generator jitted over the mesh (replicated variables, sharded batch)."""
+    variables = jax.device_put(variables, sharding.replicated(mesh))
+    guided = models.is_guided(config)
+    predict = jax.jit(functools.partial(models.predict, config),
+                      out_shardings=sharding.batch_sharding(mesh))
 
-    config, variables = inference.load_model(workdir, checkpoint)
-    step = infer_lib.checkpoint_step(workdir, checkpoint)
-    if int(config.resolution) != resolution:
-        raise ValueError(f"{workdir} was trained at {config.resolution} px but the dataset is "
-                         f"{resolution} px")
-    guided = infer_lib.model_is_guided(config)
-    variables = evaluator.replicate(variables)
-    predict = evaluator.jit_predict(functools.partial(inference.predict, config))
+    def fn(batch, local):
+        del local
+        return predict(variables, batch["occluded"], batch["mask"] if guided else None)
 
-    def fn(images, masks):
-        n = images.shape[0]
-        out = predict(variables, evaluator.put(images), evaluator.put(masks) if guided else None)
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
+    return Method(name, description, fn, predicts_mask=models.predicts_mask(config),
+                  info=dict(info or {}))
 
-    info = {"workdir": os.path.abspath(workdir), "checkpoint": str(checkpoint), "step": step,
-            "mode": config.model.mode}
-    desc = f"{workdir} step {step} ({config.model.mode})"
-    # Without a mask head a blind model regenerates the whole face and its
-    # "mask" is all ones: an IoU of that would only measure the mask's area.
-    predicts_mask = not guided and bool(config.model.generator.get("mask_head", True))
-    return Method(name, desc, fn, predicts_mask=predicts_mask), info
+
+def host_model_method(name: str, predictor: predictors.Predictor) -> Method:
+    """A Method running an export (SavedModel / ONNX / LiteRT) in its own runtime on the host."""
+    def fn(batch, local):
+        del batch
+        return predictor(local["occluded"], local["mask"] if predictor.guided else None)
+
+    return Method(name, predictor.description, fn, predicts_mask=not predictor.guided,
+                  info={"path": getattr(predictor, "path", None), "format": type(predictor).__name__})
+
+
+def open_method(name: str, path: str | None, checkpoint: str | int, mesh: Mesh,
+                resolution: int) -> Method:
+    """A Method for any model path (`predictors.open_predictor`), checked against the data."""
+    predictor = predictors.open_predictor(path, checkpoint)
+    if predictor.resolution != resolution:
+        raise errors.InvalidInputError(
+            f"{path}: the model works at {predictor.resolution} px but the dataset is {resolution} px")
+    if isinstance(predictor, predictors.JaxPredictor):
+        m = predictor.model
+        return jax_model_method(
+            name, m.config, m.variables, mesh, description=m.description,
+            info={"path": os.path.abspath(m.path), "kind": m.kind, "checkpoint": str(checkpoint),
+                  "step": m.step, "mode": m.config.model.mode})
+    return host_model_method(name, predictor)
 
 
 def baseline_methods() -> list[Method]:
     descs = {"occluded_input": "the occluded input, unchanged",
              "opencv_telea": "cv2.inpaint TELEA with the true mask",
              "opencv_ns": "cv2.inpaint NS with the true mask"}
-    return [Method(name, descs[name], lambda x, m, f=f: {"deoccluded": f(x, m)})
+    return [Method(name, descs[name], lambda batch, local, f=f: {"deoccluded": f(local["occluded"],
+                                                                                 local["mask"])})
             for name, f in baselines.BASELINES.items()]
+
+
+# ----------------------------------------------------------------------------- the evaluator
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Per-image results of a pass, on every process, in example order (valid rows only)."""
+    per_image: dict[str, dict[str, np.ndarray]]  # method -> metric -> [N]
+    categories: np.ndarray                       # [N] str
+    indices: np.ndarray                          # [N] example index in the split
+    samples: dict[str, np.ndarray]               # first rows: occluded/clean/mask + "<method>" outputs
+
+
+@functools.partial(jax.jit, static_argnames=("with_mask",))
+def _image_metrics(pred, clean, mask, pred_mask, with_mask: bool):
+    return metrics.image_metrics(models.mask_to_unit(pred), models.mask_to_unit(clean),
+                                 models.mask_to_unit(mask), pred_mask if with_mask else None)
+
+
+class Evaluator:
+    """Runs methods over eval batches with their batch sharded over `mesh`.
+
+    Args:
+      mesh: a mesh with a "data" axis.
+      face_metrics: a `face_metrics.FaceMetrics` (host-side, optional).
+      log: progress output (None: quiet).
+    """
+
+    def __init__(self, mesh: Mesh, face_metrics: Any = None,
+                 log: Callable[[str], None] | None = None):
+        self.mesh = mesh
+        self.face_metrics = face_metrics
+        self.log = log or (lambda s: None)
+
+    def _as_global(self, out: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return {k: v if isinstance(v, jax.Array) else sharding.put_batch(self.mesh, {k: v})[k]
+                for k, v in out.items()}
+
+    def run(self, batches: Iterable[dict[str, np.ndarray]], methods: Sequence[Method], *,
+            num_samples: int = 0, total: int | None = None) -> EvalResult:
+        """One pass over `batches` (from `input_pipeline.make_eval_iterator`) for every method.
+
+        Args:
+          batches: this process's rows of each global batch, with "valid",
+            "index" and "category".
+          methods: what to evaluate.
+          num_samples: keep the images of the first n examples (sample grids).
+          total: number of examples, for progress lines.
+        """
+        parts: dict[str, list[dict[str, np.ndarray]]] = {m.name: [] for m in methods}
+        meta_parts: list[dict[str, np.ndarray]] = []
+        samples: dict[str, list[np.ndarray]] = {}
+        kept = done = 0
+        for local in batches:
+            meta = sharding.gather_rows({k: local[k] for k in ("valid", "index", "category")})
+            valid = meta["valid"] > 0
+            meta_parts.append(meta)
+            local = {k: local[k] for k in IMAGE_KEYS}
+            batch = sharding.put_batch(self.mesh, local)
+            reference = None
+            if self.face_metrics is not None:
+                reference = self.face_metrics.reference(local["clean"], local["mask"])
+            outs = {}
+            for m in methods:
+                out = outs[m.name] = self._as_global(m.fn(batch, local))
+                per_image = sharding.to_host(_image_metrics(
+                    out["deoccluded"], batch["clean"], batch["mask"], out.get("mask"),
+                    with_mask=m.predicts_mask))
+                if reference is not None:
+                    restored = sharding.local_rows(out["deoccluded"])
+                    per_image.update(sharding.gather_rows(
+                        self.face_metrics.per_image(reference, restored)))
+                parts[m.name].append(per_image)
+            if kept < num_samples:
+                def take(x, n=num_samples - kept):
+                    return sharding.to_host(x)[valid][:n]
+                for key in IMAGE_KEYS:
+                    samples.setdefault(key, []).append(take(batch[key]))
+                for name, out in outs.items():
+                    samples.setdefault(name, []).append(take(out["deoccluded"]))
+                    if "mask" in out:
+                        samples.setdefault(name + ":mask", []).append(take(out["mask"]))
+                kept += len(samples["clean"][-1])
+            done += int(valid.sum())
+            if total:
+                self.log(f"  evaluated {done}/{total} examples")
+        if not meta_parts:
+            return EvalResult({}, np.zeros(0, str), np.zeros(0, np.int64), {})
+        meta = {k: np.concatenate([p[k] for p in meta_parts]) for k in meta_parts[0]}
+        valid = meta["valid"] > 0
+        per_method = {name: {k: np.concatenate([p[k] for p in ps])[valid] for k in ps[0]}
+                      for name, ps in parts.items()}
+        return EvalResult(per_image=per_method, categories=meta["category"][valid].astype(str),
+                          indices=meta["index"][valid],
+                          samples={k: np.concatenate(v) for k, v in samples.items()})
+
+
+# ----------------------------------------------------------------------------- the loop's validation
+
+
+def validate(mesh: Mesh, config: ml_collections.ConfigDict, variables: Any, *,
+             split: str | None = None, num_examples: int | None = None,
+             face_metrics: Any = None) -> tuple[dict[str, float], np.ndarray | None]:
+    """Validation metrics of a training run's generator, and a sample grid of its first faces.
+
+    Returns:
+      ({"val_psnr", "val_ssim", "val_masked_*", "val_mask_iou"?, face metrics?},
+       uint8 grid (occluded | predicted mask | output | clean rows) or None).
+    """
+    split = split or config.eval_split
+    n = config.num_eval_examples if num_examples is None else num_examples
+    batches = input_pipeline.make_eval_iterator(
+        config.data_dir, split, config.batch_size, num_examples=None if n < 0 else n,
+        num_threads=config.data.get("num_threads", 2))
+    method = jax_model_method(MODEL, config, variables, mesh, description="training state")
+    result = Evaluator(mesh, face_metrics).run(batches, [method],
+                                               num_samples=config.num_sample_images)
+    if MODEL not in result.per_image:
+        return {}, None
+    overall = aggregate(result.per_image[MODEL], result.categories)["overall"]
+    values = {f"val_{k}": float(v) for k, v in overall.items()
+              if k not in ("count", "count_masked") and isinstance(v, (int, float))
+              and np.isfinite(v)}
+    grid = None
+    s = result.samples
+    if config.num_sample_images > 0 and len(s.get("clean", ())):
+        grid = training_grid(s["occluded"], s[MODEL + ":mask"], s[MODEL], s["clean"])
+    return values, grid
+
+
+def training_grid(occluded: np.ndarray, pred_mask: np.ndarray, output: np.ndarray,
+                  clean: np.ndarray) -> np.ndarray:
+    """uint8 grid, one row per sample: occluded | predicted mask | output | clean."""
+    mask_rgb = np.repeat(np.clip(np.round(pred_mask * 255.0), 0, 255).astype(np.uint8), 3, axis=-1)
+    rows = [np.concatenate([o, m, p, c], axis=1)
+            for o, m, p, c in zip(occluded, mask_rgb, output, clean)]
+    return np.concatenate(rows, axis=0)
 
 
 # ----------------------------------------------------------------------------- aggregation
 
 
-def aggregate(per_image: Mapping[str, np.ndarray], categories: Sequence[str]) -> dict[str, Any]:
+def aggregate(per_image: Mapping[str, np.ndarray], categories: Sequence[str],
+              face_selection: np.ndarray | None = None,
+              unavailable: Mapping[str, str] | None = None) -> dict[str, Any]:
     """{"overall": {...}, "per_category": {cat: {...}}} with counts.
 
     Whole-image metrics average over all examples, masked ones over examples
-    with a non-empty mask (`metrics.MetricAccumulator`'s rule).
+    with a non-empty mask (`metrics.MetricAccumulator`'s rule). Face metrics,
+    when present, average over `face_selection` (the examples where every
+    compared method's face was found, so no method gains by losing its worst
+    faces) with found/missing counts (`face_metrics.aggregate`).
     """
     cats = np.asarray(categories)
+    pixel = {k: v for k, v in per_image.items() if k in PIXEL_KEYS or k == "has_mask"}
+    has_face = "face_found" in per_image
+    if has_face and face_selection is None:
+        face_selection = np.ones(len(cats), bool)
 
     def summary(sel: np.ndarray) -> dict[str, Any]:
         acc = metrics.MetricAccumulator()
-        acc.add({k: v[sel] for k, v in per_image.items()})
-        out = {"count": int(sel.sum()), "count_masked": int(per_image["has_mask"][sel].sum())}
+        acc.add({k: v[sel] for k, v in pixel.items()})
+        out = {"count": int(sel.sum()), "count_masked": int(pixel["has_mask"][sel].sum())}
         out.update({k: float(v) for k, v in acc.result().items()})
+        if has_face:
+            faces = fm_lib.aggregate(per_image, select=sel & face_selection,
+                                           unavailable=unavailable)
+            out.update({k: v for k, v in faces.items() if k != "count"})
+            out["count_faces"] = faces["count"]
         return out
 
     return {"overall": summary(np.ones(len(cats), bool)),
@@ -248,7 +330,9 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(_fmt(k, m["overall"].get(k)) for k in keys) + " |")
     lines.append("")
     cats = result["categories"]
-    for key in ("masked_psnr", "masked_ssim"):
+    for key in ("masked_psnr", "masked_ssim", fm_lib.EXPRESSION):
+        if key not in keys:
+            continue
         lines.append(f"**{METRIC_LABELS[key]} per occluder category**")
         lines.append("")
         lines.append("| category (n) | " + " | ".join(methods) + " |")
@@ -257,8 +341,11 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             row = [_fmt(key, m["per_category"][c].get(key)) for m in methods.values()]
             lines.append(f"| {c} ({n}) | " + " | ".join(row) + " |")
         lines.append("")
-    lines.append("Higher is better except MSE. " + METRIC_NOTES["aggregation"] + "; "
-                 + METRIC_NOTES["masked_*"] + "; " + METRIC_NOTES["scale"] + ".")
+    lines.append("Higher is better except MSE and the face metrics (expression, landmark NME, "
+                 "identity). " + METRIC_NOTES["aggregation"] + "; " + METRIC_NOTES["masked_*"] + "; "
+                 + METRIC_NOTES["scale"] + ".")
+    if result.get("face_metrics"):
+        lines += ["", result["face_metrics"]]
     return "\n".join(lines) + "\n"
 
 
@@ -306,121 +393,139 @@ def sample_grid(columns: Sequence[str], rows: Sequence[tuple[str, Sequence[np.nd
     return np.concatenate(out)
 
 
-# ----------------------------------------------------------------------------- the run
 
 
-def evaluate(workdir: str | None, data_dir: str, *, split: str = "test",
+# ----------------------------------------------------------------------------- the binary's run
+
+
+def evaluate(model: str | None, data_dir: str, *, split: str = "test",
              checkpoint: str | int = "latest", compare: Sequence[str] = (),
              include_baselines: bool = True, batch_size: int = 32,
              max_examples: int | None = None, output: str = "metrics.json",
-             grid_rows_per_kind: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluates a checkpoint, other workdirs and the baselines on one split.
+             grid_rows_per_kind: int = 2, face_metrics: Any = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluates a model, other models and the baselines on one split.
 
     Args:
-      workdir: training workdir of the model; None evaluates only `compare`
-        and the baselines.
+      model: the model under test: a workdir, pretrained folder or export
+        (`predictors.open_predictor`); None evaluates only `compare` and the baselines.
       data_dir: prepared dataset (`python -m data_prep.build`).
       split: split name.
-      checkpoint: "latest", "best" or a step.
-      compare: more workdirs, evaluated at their latest checkpoint.
+      checkpoint: for workdirs: "latest", "best" or a step.
+      compare: more models, evaluated at their latest checkpoint.
       include_baselines: add occluded_input / opencv_telea / opencv_ns.
-      batch_size: global eval batch (rounded up to a multiple of the devices).
+      batch_size: global eval batch (a multiple of the device count).
       max_examples: evaluate only the first n examples.
       output: metrics JSON path; the Markdown table and the grid PNG are
         written next to it (`<stem>.md`, `<stem>_samples.png`).
       grid_rows_per_kind: best / median / worst examples shown in the grid.
+      face_metrics: a `face_metrics.FaceMetrics`, or None for pixel metrics only.
       log: progress output.
 
     Returns:
       The dict written to `output`.
     """
-    data = load_split(data_dir, split, max_examples)
+    mesh = sharding.make_mesh()
+    if batch_size <= 0:
+        raise errors.InvalidInputError(f"--batch_size={batch_size}: must be a positive number")
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     info = features.read_dataset_info(data_dir)
-    resolution = int(data.clean.shape[1])
-    mesh = make_mesh()
-    ev = ShardedEvaluator(mesh, batch_size)
-    log(f"evaluating {len(data)} {split} examples at {resolution} px on {mesh.devices.size} "
-        f"device(s), global batch {ev.batch_size}")
+    resolution = int(info["resolution"])
+    num_examples = input_pipeline.split_size(data_dir, split)
+    if max_examples is not None:
+        num_examples = min(num_examples, max_examples)
+    if num_examples == 0:
+        raise errors.InvalidInputError(f"{data_dir}: split {split!r} has no examples")
+    log(f"evaluating {num_examples} {split} examples at {resolution} px on {mesh.devices.size} "
+        f"device(s), global batch {batch_size}")
 
     methods: list[Method] = []
-    checkpoints: dict[str, Any] = {}
-    if workdir:
-        m, ck = model_method(MODEL, workdir, checkpoint, ev, resolution)
-        methods.append(m)
-        checkpoints[MODEL] = ck
+    if model:
+        methods.append(open_method(MODEL, model, checkpoint, mesh, resolution))
     used = set()
-    for d in compare:
-        name = COMPARE_PREFIX + os.path.basename(os.path.normpath(d))
+    for path in compare:
+        name = COMPARE_PREFIX + os.path.basename(os.path.normpath(path))
         if name in used:
             name += f"#{len(used)}"
         used.add(name)
-        m, ck = model_method(name, d, "latest", ev, resolution)
-        methods.append(m)
-        checkpoints[name] = ck
+        methods.append(open_method(name, path, "latest", mesh, resolution))
     if include_baselines:
         methods += baseline_methods()
     if not methods:
-        raise ValueError("nothing to evaluate: give --workdir, --compare or keep the baselines")
+        raise errors.InvalidInputError("nothing to evaluate: give --model, --compare or keep "
+                                       "--baselines")
 
-    per_image: dict[str, dict[str, np.ndarray]] = {}
-    grid_idx: list[tuple[str, int]] | None = None
-    grid_preds: dict[str, dict[int, np.ndarray]] = {}
-    for method in methods:
-        parts: list[dict[str, np.ndarray]] = []
-        preds: dict[int, np.ndarray] = {}
-        for sl in batches(len(data), ev.batch_size):
-            out = method.fn(data.occluded[sl], data.mask[sl])
-            pm = out["mask"].astype(np.float32) if method.predicts_mask else None
-            parts.append(ev.metrics(out["deoccluded"], data.clean[sl], data.mask[sl], pm))
-            preds.update({i: out["deoccluded"][i - sl.start] for i in range(sl.start, sl.stop)})
-        per_image[method.name] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        if grid_idx is None:
-            # Best / worst by the first method (the model when there is one).
-            grid_idx = pick_examples(per_image[method.name]["masked_psnr"], grid_rows_per_kind)
-        grid_preds[method.name] = {i: preds[i] for _, i in grid_idx}
-        o = per_image[method.name]
-        log(f"  {method.name}: PSNR {np.mean(o['psnr']):.2f} dB, occluded-region PSNR "
-            f"{np.mean(o['masked_psnr'][o['has_mask'] > 0]) if o['has_mask'].any() else float('nan'):.2f} dB")
+    batches = input_pipeline.make_eval_iterator(data_dir, split, batch_size,
+                                                num_examples=num_examples)
+    result = Evaluator(mesh, face_metrics, log).run(batches, methods, total=num_examples)
+    per_image, cats = result.per_image, [str(c) for c in result.categories]
+    for m in methods:
+        o = per_image[m.name]
+        masked = o["masked_psnr"][o["has_mask"] > 0]
+        log(f"  {m.name}: PSNR {np.mean(o['psnr']):.2f} dB, occluded-region PSNR "
+            f"{np.mean(masked) if masked.size else float('nan'):.2f} dB")
 
-    categories = dict(sorted({c: data.category.count(c) for c in set(data.category)}.items()))
+    # Best / median / worst by the first method (the model when there is one), re-run on
+    # just those examples for the grid rather than keeping every output in memory.
+    first = methods[0].name
+    grid_idx = pick_examples(per_image[first]["masked_psnr"], grid_rows_per_kind)
+    chosen = [int(result.indices[i]) for _, i in grid_idx]
+    examples = input_pipeline.read_examples(data_dir, split, chosen)
+    local = {k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS}
+    grid_outputs = {}
+    if jax.process_count() == 1:
+        padded = {k: np.concatenate([v, np.repeat(v[:1], -len(v) % mesh.devices.size, 0)])
+                  for k, v in local.items()}
+        batch = sharding.put_batch(mesh, padded)
+        for m in methods:
+            out = m.fn(batch, padded)
+            grid_outputs[m.name] = np.asarray(jax.device_get(out["deoccluded"]))[:len(chosen)]
+
+    categories = dict(sorted({c: cats.count(c) for c in set(cats)}.items()))
+    face_selection = unavailable = None
+    if face_metrics is not None:
+        face_selection = fm_lib.found_in_all(per_image[m.name] for m in methods)
+        unavailable = face_metrics.unavailable
     stem = os.path.splitext(output)[0]
     md_path, grid_path = stem + ".md", stem + "_samples.png"
-    result = {
+    out_json = {
         "split": split,
         "data_dir": os.path.abspath(data_dir),
         "dataset_version": info.get("version", info.get("format_version")),
         "resolution": resolution,
-        "num_examples": len(data),
+        "num_examples": len(cats),
         "num_devices": int(mesh.devices.size),
         "categories": categories,
-        "checkpoints": checkpoints,
+        "checkpoints": {m.name: m.info for m in methods if m.info},
         "metric_notes": METRIC_NOTES,
         "methods": {m.name: {"description": m.description,
-                             **aggregate(per_image[m.name], data.category)} for m in methods},
+                             **aggregate(per_image[m.name], cats, face_selection, unavailable)}
+                    for m in methods},
+        "face_metrics": face_metrics.describe() if face_metrics is not None else None,
         "outputs": {"metrics": os.path.abspath(output), "markdown": os.path.abspath(md_path),
                     "grid": os.path.abspath(grid_path)},
     }
-    first = methods[0].name
-    result["grid_examples"] = [
-        {"kind": kind, "index": i, "category": data.category[i], "source_id": data.source_id[i],
-         f"{first}_masked_psnr": float(per_image[first]["masked_psnr"][i])} for kind, i in grid_idx]
+    out_json["grid_examples"] = [
+        {"kind": kind, "index": int(result.indices[i]), "category": cats[i],
+         "source_id": e["source_id"], f"{first}_masked_psnr": float(per_image[first]["masked_psnr"][i])}
+        for (kind, i), e in zip(grid_idx, examples)]
 
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(md_path, "w") as f:
-        f.write(markdown_report(result))
-    cols = ["occluded"] + [m.name for m in methods if m.name != "occluded_input"] + ["clean"]
-    rows = []
-    for kind, i in grid_idx:
-        imgs = [data.occluded[i]] + [grid_preds[m.name][i] for m in methods
-                                     if m.name != "occluded_input"] + [data.clean[i]]
-        rows.append((f"{kind} #{i} {data.category[i]}: {first} "
-                     f"{per_image[first]['masked_psnr'][i]:.1f} dB occl.", imgs))
-    grid = sample_grid(cols, rows)
-    if not cv2.imwrite(grid_path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise IOError(f"could not write {grid_path}")
-    with open(output, "w") as f:
-        json.dump(_json_safe(result), f, indent=2)
-    return result
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(md_path, "w") as f:
+            f.write(markdown_report(out_json))
+        shown = [m.name for m in methods if m.name != "occluded_input"]
+        rows = []
+        for j, (kind, i) in enumerate(grid_idx):
+            imgs = [local["occluded"][j]] + [grid_outputs[n][j] for n in shown] + [local["clean"][j]]
+            rows.append((f"{kind} #{int(result.indices[i])} {cats[i]}: {first} "
+                         f"{per_image[first]['masked_psnr'][i]:.1f} dB occl.", imgs))
+        grid = sample_grid(["occluded"] + shown + ["clean"], rows)
+        if not cv2.imwrite(grid_path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            raise IOError(f"could not write {grid_path}")
+        with open(output, "w") as f:
+            json.dump(_json_safe(out_json), f, indent=2)
+    return out_json
 
 
 def _json_safe(x):

@@ -1,27 +1,32 @@
 r"""Removes occluders from faces in photos, videos or a live camera.
 
-    python -m deocc_jax.infer --model=exports/deocc --input=photos/ --output=out/
+    python -m deocc_jax.infer --input=photo.jpg --output=out/          # the shipped model
     python -m deocc_jax.infer --model=runs/deocc --input='shots/*.jpg' --output=out/ \
         --save_masks --side_by_side
     python -m deocc_jax.infer --model=exports/deocc --input=clip.mp4 --output=clip_out.mp4
-    python -m deocc_jax.infer --model=exports/deocc --input=0 --display   # webcam
+    python -m deocc_jax.infer --model=model.onnx --input=0 --display   # webcam
 
---model is an export folder (`python -m deocc_jax.export`) or a training
-workdir. Photos: every face is restored and blended back; photos without a
-face are copied unchanged and listed. Video: same frame count and frame rate
-as the source; frames per second and per-stage times are printed.
+--model is a training workdir, a pretrained folder, an export folder
+(`python -m deocc_jax.export`), an .onnx or a .tflite file; without it the
+model shipped in pretrained/ is used. Photos: every face is restored and
+blended back; photos without a face are copied unchanged and listed. Video:
+same frame count and frame rate as the source; frames per second and
+per-stage times are printed.
 """
 
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
-_MODEL = flags.DEFINE_string("model", None, "Export folder or training workdir.", required=True)
+from deocc_jax import errors, infer_lib, loading
+
+_MODEL = flags.DEFINE_string("model", None, "Workdir, pretrained folder, export folder, .onnx or "
+                             ".tflite (default: the shipped model in pretrained/).")
 _INPUT = flags.DEFINE_string("input", None, "Photo, folder, glob, video file, or camera index.",
                              required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output file or folder (optional for a displayed camera).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "For a workdir: 'latest', 'best' or a step.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", f"For workdirs: {loading.CHECKPOINT_CHOICES}.")
 _SAVE_MASKS = flags.DEFINE_bool("save_masks", False, "Also write the predicted occlusion masks.")
 _SIDE_BY_SIDE = flags.DEFINE_bool("side_by_side", False, "Also write before | after images/videos.")
 _MAX_FACES = flags.DEFINE_integer("max_faces", 8, "Most faces handled per photo or frame.")
@@ -36,11 +41,11 @@ _REPORT = flags.DEFINE_string("report", None, "Write the run's report (JSON) her
 
 
 def main(argv):
-    del argv
-    from deocc_jax import infer_lib
-    checkpoint = int(_CHECKPOINT.value) if _CHECKPOINT.value.isdigit() else _CHECKPOINT.value
+    if len(argv) > 1:
+        raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
     report = infer_lib.run(
-        _MODEL.value, _INPUT.value, _OUTPUT.value, checkpoint=checkpoint,
+        _MODEL.value, _INPUT.value, _OUTPUT.value,
+        checkpoint=loading.parse_checkpoint(_CHECKPOINT.value),
         save_masks=_SAVE_MASKS.value, side_by_side_out=_SIDE_BY_SIDE.value,
         max_faces=_MAX_FACES.value, min_confidence=_MIN_CONF.value, max_frames=_MAX_FRAMES.value,
         smoothing=_SMOOTH.value, min_cutoff=_MIN_CUTOFF.value, beta=_BETA.value,
@@ -50,6 +55,11 @@ def main(argv):
             json.dump(report, f, indent=2)
 
 
-if __name__ == "__main__":
+def run():
+    """Console-script entry point (`deocc-infer`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    errors.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -6,8 +6,9 @@ blend it into the original along a feathered edge of the predicted occlusion
 mask. Pixels where the blend weight is 0 keep their original values exactly,
 so everything outside the (dilated, feathered) occluder is untouched.
 
-The model is either an exported SavedModel (`deocc_jax.export`) or a training
-workdir (the JAX checkpoint, through `deocc_jax.inference`).
+The model is anything `predictors.open_predictor` opens: the shipped model
+(the default), a training workdir or pretrained folder (JAX), a SavedModel
+export (TensorFlow), an .onnx (onnxruntime) or a .tflite (LiteRT) file.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from deocc_jax import predictors
 from deocc_jax import video as video_io
-from deocc_jax.faces import align
+from deocc_jax.faces import FaceAnalyzer, align
+from deocc_jax.predictors import Predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -35,92 +38,6 @@ DILATE_FRAC = 0.03
 FEATHER_FRAC = 0.015
 # Blend weights below this are set to 0: they could not change a uint8 value.
 MIN_ALPHA = 1.0 / 512.0
-
-
-# ----------------------------------------------------------------------------- models
-
-
-class Model:
-    """What inference needs from a model: crop size, guidance, a batch call."""
-    resolution: int
-    guided: bool
-    description: str
-
-    def __call__(self, images: np.ndarray, masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-
-class ExportedModel(Model):
-    """A SavedModel written by `deocc_jax.export`, run by TensorFlow."""
-
-    def __init__(self, path: str):
-        from deocc_jax import export_lib
-        self._runner = export_lib.SavedModelRunner(path)
-        self.resolution = self._runner.resolution
-        self.guided = self._runner.guided
-        self.description = f"SavedModel {self._runner.path}"
-
-    def __call__(self, images, masks=None):
-        return self._runner(images, masks)
-
-
-def _bucket(n: int) -> int:
-    """Next power of two: pads batches so jit compiles a few shapes, not one per count."""
-    return 1 << max(0, (n - 1).bit_length())
-
-
-class JaxModel(Model):
-    """A training workdir's checkpoint, run by JAX (jit on the default device)."""
-
-    def __init__(self, workdir: str, checkpoint: str | int = "latest"):
-        import jax
-        from deocc_jax import inference
-
-        self.config, self.variables = inference.load_model(workdir, checkpoint)
-        self.resolution = model_resolution(self.config)
-        self.guided = model_is_guided(self.config)
-        self.description = f"workdir {workdir} (checkpoint {checkpoint})"
-        config = self.config
-        self._predict = jax.jit(lambda v, x, m: inference.predict(config, v, x, m))
-
-    def __call__(self, images, masks=None):
-        n = images.shape[0]
-        b = _bucket(n)
-        pad = ((0, b - n), (0, 0), (0, 0), (0, 0))
-        images = np.pad(images, pad)
-        masks = None if masks is None else np.pad(masks, pad)
-        out = self._predict(self.variables, images, masks)
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
-
-
-def model_resolution(config) -> int:
-    """Crop side the model was trained at (`config.resolution`)."""
-    return int(config.resolution)
-
-
-def model_is_guided(config) -> bool:
-    """Whether the model takes the true occluder mask as an input (`config.model.mode`)."""
-    return config.model.mode == "guided"
-
-
-def checkpoint_step(workdir: str, checkpoint: str | int = "latest") -> int:
-    """The step number "latest" / "best" / a step refers to in a workdir."""
-    from deocc_jax import checkpointing
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    try:
-        return int(ckpt.resolve(checkpoint))
-    finally:
-        ckpt.close()
-
-
-def load_model(path: str, checkpoint: str | int = "latest") -> Model:
-    """An ExportedModel for an export folder, else a JaxModel for a workdir."""
-    from deocc_jax import export_lib
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--model {path!r} does not exist (an export folder or a workdir)")
-    if export_lib.is_export(path):
-        return ExportedModel(path)
-    return JaxModel(path, checkpoint)
 
 
 # ----------------------------------------------------------------------------- blending
@@ -216,21 +133,21 @@ class FaceOutput:
     mask: np.ndarray          # float32 [R, R] predicted occlusion probability
 
 
-def _require_blind(model: Model) -> None:
+def _require_blind(model: Predictor) -> None:
     if model.guided:
         raise ValueError(
             f"{model.description} is a guided model: it needs the occluder mask as input, which "
             "real photos do not have. Use a blind model (one that predicts its own mask).")
 
 
-def restore_faces(image: np.ndarray, landmarks: Sequence[np.ndarray], model: Model,
+def restore_faces(image: np.ndarray, landmarks: Sequence[np.ndarray], model: Predictor,
                   timer: video_io.StageTimer | None = None) -> tuple[np.ndarray, np.ndarray, list[FaceOutput]]:
     """Restores every face in one RGB image.
 
     Args:
       image: uint8 [H, W, 3] RGB.
       landmarks: one [478, 2] pixel landmark array per face.
-      model: a blind Model (it predicts its own mask).
+      model: a blind Predictor (it predicts its own mask).
       timer: optional StageTimer receiving "align", "model" and "blend" times.
 
     Returns:
@@ -324,14 +241,14 @@ def _with_suffix(path: str, suffix: str) -> str:
     return f"{stem}_{suffix}.png"
 
 
-def process_photos(model: Model, input_spec: str, output: str, *, save_masks: bool = False,
+def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks: bool = False,
                    side_by_side_out: bool = False, max_faces: int = 8,
                    min_confidence: float = 0.3, landmarker_model: str | None = None,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Restores every face in every photo of `input_spec`.
 
     Args:
-      model: a blind Model.
+      model: a blind Predictor.
       input_spec: image file, folder or glob.
       output: output file (single input with an image extension) or folder.
       save_masks: also write `<name>_mask.png` (predicted occlusion, photo px).
@@ -345,8 +262,6 @@ def process_photos(model: Model, input_spec: str, output: str, *, save_masks: bo
       One report dict per photo: input, output, faces, status ("restored" or
       "no_face", in which case the photo was copied unchanged), and extra files.
     """
-    from deocc_jax.faces.detect import FaceAnalyzer
-
     _require_blind(model)
     inputs = collect_images(input_spec)
     outputs = _photo_outputs(inputs, output)
@@ -398,7 +313,7 @@ def _video_output(input_spec: str, output: str) -> str:
     return os.path.join(output, stem + ".mp4")
 
 
-def process_video(model: Model, input_spec: str, output: str | None, *, save_masks: bool = False,
+def process_video(model: Predictor, input_spec: str, output: str | None, *, save_masks: bool = False,
                   side_by_side_out: bool = False, max_faces: int = 4, max_frames: int | None = None,
                   smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 1.0,
                   min_confidence: float = 0.3, landmarker_model: str | None = None,
@@ -410,7 +325,7 @@ def process_video(model: Model, input_spec: str, output: str | None, *, save_mas
     result stays in sync with the original's audio and timing.
 
     Args:
-      model: a blind Model.
+      model: a blind Predictor.
       input_spec: video file path or camera index ("0").
       output: output video file or folder; may be None for a camera with display.
       save_masks: also write `<name>_mask.mp4`.
@@ -427,8 +342,6 @@ def process_video(model: Model, input_spec: str, output: str | None, *, save_mas
     Returns:
       {"output", "frames", "fps_source", "fps_processed", "stage_ms", "files"}.
     """
-    from deocc_jax.faces.detect import FaceAnalyzer
-
     _require_blind(model)
     if output is None and not (display and video_io.is_camera(input_spec)):
         raise ValueError("--output is required (only a camera shown with --display may omit it)")
@@ -509,10 +422,10 @@ def process_video(model: Model, input_spec: str, output: str | None, *, save_mas
     return stats
 
 
-def run(model_path: str, input_spec: str, output: str | None, *, checkpoint: str | int = "latest",
+def run(model_path: str | None, input_spec: str, output: str | None, *, checkpoint: str | int = "latest",
         **kwargs) -> Any:
     """Dispatches to photos or video by the input; returns their report."""
-    model = load_model(model_path, checkpoint)
+    model = predictors.open_predictor(model_path, checkpoint)
     if video_io.is_camera(input_spec) or (os.path.isfile(input_spec) and video_io.is_video_path(input_spec)):
         return process_video(model, input_spec, output, **kwargs)
     if output is None:

@@ -93,3 +93,38 @@ def mask_dice(logits: jax.Array, mask: jax.Array, eps: float = 1.0) -> jax.Array
     inter = jnp.sum(p * mask, axis=(1, 2, 3))
     denom = jnp.sum(p, axis=(1, 2, 3)) + jnp.sum(mask, axis=(1, 2, 3))
     return jnp.mean(1.0 - (2.0 * inter + eps) / (denom + eps))
+
+
+def generator_loss(weights, out: dict, clean: jax.Array, mask: jax.Array,
+                   d_fake: Sequence[dict] | None = None,
+                   d_real: Sequence[dict] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The generator's weighted loss from one forward pass.
+
+    Args:
+      weights: `config.loss` (l1_weight, l1_occluded_weight, ssim_weight,
+        mask_bce_weight, mask_dice_weight, adv_weight, adversarial,
+        feature_matching_weight).
+      out: `models.generate` output ("output" in [-1, 1], "mask_logits" or None).
+      clean: float32 [B, H, W, 3] target in [-1, 1].
+      mask: float32 [B, H, W, 1] true occlusion mask in [0, 1].
+      d_fake: the discriminator's outputs for `out["output"]`, or None without D.
+      d_real: its outputs for `clean` (feature matching), or None.
+
+    Returns:
+      (total, {term name: unweighted value}).
+    """
+    fake = out["output"]
+    terms = {"l1": (weights.l1_weight, weighted_l1(fake, clean, mask, weights.l1_occluded_weight))}
+    if weights.ssim_weight > 0:
+        terms["ssim"] = (weights.ssim_weight, ssim_loss(fake, clean))
+    if out["mask_logits"] is not None:
+        if weights.mask_bce_weight > 0:
+            terms["mask_bce"] = (weights.mask_bce_weight, mask_bce(out["mask_logits"], mask))
+        if weights.mask_dice_weight > 0:
+            terms["mask_dice"] = (weights.mask_dice_weight, mask_dice(out["mask_logits"], mask))
+    if d_fake is not None:
+        terms["adv"] = (weights.adv_weight, generator_adversarial_loss(d_fake, weights.adversarial))
+        if d_real is not None and weights.feature_matching_weight > 0:
+            terms["fm"] = (weights.feature_matching_weight, feature_matching_loss(d_real, d_fake))
+    total = sum(w * v for w, v in terms.values())
+    return total, {k: v for k, (_, v) in terms.items()}

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
+
+from deocc_jax.faces import FaceAnalyzer, alignment_matrix, largest_face, warp_to_crop
 
 
 def _skimage_data(name: str) -> str:
@@ -54,13 +57,13 @@ def aligned_faces(paths: list[str], resolution: int,
     Raises:
       ValueError: a photo has no detectable face (names the file).
     """
-    from deocc_jax import infer_lib
-    from deocc_jax.faces import FaceAnalyzer, alignment_matrix, largest_face, warp_to_crop
-
     crops = []
     with FaceAnalyzer(mode="image", num_faces=4, model_path=landmarker_model) as analyzer:
         for path in paths:
-            image = infer_lib.read_rgb(path)
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError(f"{path}: not a readable image")
+            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             face = largest_face(analyzer.detect(image))
             if face is None:
                 raise ValueError(f"{path}: no face detected")

@@ -1,6 +1,6 @@
 r"""deocc end to end in one command, offline, on a laptop CPU.
 
-    python -m launch.quickstart                     # embedded sample photos, ~10 min on 2 cores
+    python -m launch.quickstart                     # embedded sample photos, 3-5 min on 2 cores
     python -m launch.quickstart --input=../shared/data/faces --occluders_dir=../shared/occluders
     python -m launch.quickstart --budget=ci         # a couple of minutes; what CI runs
 
@@ -21,11 +21,12 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
+
+from deocc_jax import errors
 
 _INPUT = flags.DEFINE_string("input", None, "Folder or glob of face photos (default: the embedded "
                              "sample portraits).")
@@ -33,7 +34,7 @@ _OCCLUDERS = flags.DEFINE_string("occluders_dir", None, "RGBA occluder folder su
                                  "../shared/occluders (default: procedural occluders only).")
 _OUTPUT = flags.DEFINE_string("output_dir", "deocc_quickstart", "Where everything is written.")
 _BUDGET = flags.DEFINE_enum("budget", "default", ["default", "ci"],
-                            "default: ~10 min on 2 CPU cores; ci: a couple of minutes.")
+                            "default: 3-5 min on 2 CPU cores; ci: about a minute.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps (overrides the budget's).")
 _MAX_PHOTOS = flags.DEFINE_integer("max_photos", None, "Use at most this many --input photos.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds data preparation and training.")
@@ -114,29 +115,12 @@ def select_photos(input_spec: str, max_photos: int, out_dir: str) -> list[str]:
 
 def prepare_dataset(photos_dir: str, data_dir: str, *, resolution: int, variants_per_face: int,
                     seed: int, occluders_dir: str | None) -> dict[str, Any]:
-    """Runs `python -m data_prep.build` on the photos; returns dataset_info.json.
-
-    A child process rather than an import: data_prep.build defines its absl
-    flags (--input, --output_dir, ...) at import time, which would clash with
-    this binary's flags of the same names.
-    """
-    import subprocess
-    from deocc_jax.data import features
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "data_prep.build", f"--input={photos_dir}",
-           f"--output_dir={data_dir}", f"--resolution={resolution}",
-           f"--variants_per_face={variants_per_face}", f"--seed={seed}",
-           "--splits=train=0.7,validation=0.15,test=0.15", "--overwrite"]
-    if occluders_dir:
-        cmd.append(f"--occluders_dir={occluders_dir}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([repo] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"data preparation failed ({' '.join(cmd)}):\n{proc.stdout[-4000:]}")
-    return features.read_dataset_info(data_dir)
+    """Runs data prep (`data_prep.build.build_dataset`) on the photos; returns dataset_info.json."""
+    from data_prep.build import build_dataset
+    return build_dataset(photos_dir, data_dir, resolution=resolution,
+                         variants_per_face=variants_per_face, seed=seed,
+                         splits="train=0.7,validation=0.15,test=0.15",
+                         occluders_dir=occluders_dir, overwrite=True)
 
 
 def occluded_demo_photo(photo: str, out_path: str, seed: int, occluders_dir: str | None) -> str:
@@ -187,7 +171,8 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
       log: progress output.
     """
     from configs import tiny
-    from deocc_jax import eval_lib, export_lib, infer_lib, sample_photos, train_lib
+    from deocc_jax import (eval_lib, export_lib, face_metrics, infer_lib, predictors, sample_photos,
+                           train_lib)
 
     b = BUDGETS[budget]
     steps = steps or b.steps
@@ -240,12 +225,13 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
 
     # 4. Evaluate against the baselines.
     metrics_path = os.path.join(d["eval"], "metrics.json")
-    result = eval_lib.evaluate(d["workdir"], d["data"], split="test", output=metrics_path,
-                               batch_size=16, log=log)
+    with face_metrics.FaceMetrics() as fm:
+        result = eval_lib.evaluate(d["workdir"], d["data"], split="test", output=metrics_path,
+                                   batch_size=16, face_metrics=fm, log=log)
     stage("evaluate")
 
     # 5. Export + self-check on the real photos.
-    meta = export_lib.export_workdir(d["workdir"], d["export"], check_images=originals[:3], log=log)
+    meta = export_lib.export_model(d["workdir"], d["export"], check_images=originals[:3], log=log)
     export_path = os.path.join(d["export"], str(meta["step"]))
     stage("export")
 
@@ -253,7 +239,7 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
     demo_in = occluded_demo_photo(originals[0], os.path.join(d["infer"], "input",
                                                              "demo_occluded.png"),
                                   seed, occluders_dir)
-    model = infer_lib.ExportedModel(d["export"])
+    model = predictors.open_predictor(d["export"])
     reports = infer_lib.process_photos(model, demo_in, os.path.join(d["infer"], "output"),
                                        save_masks=True, side_by_side_out=True, log=log)
     stage("infer")
@@ -298,17 +284,23 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
     out = _OUTPUT.value
     if os.path.exists(out) and os.listdir(out):
         if not _OVERWRITE.value:
-            raise app.UsageError(f"--output_dir {out!r} is not empty; pass --overwrite or another folder")
+            raise errors.OutputExistsError(f"--output_dir={out}: not empty; pass --overwrite or "
+                                           "another folder")
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
     run(out, input_spec=_INPUT.value, occluders_dir=_OCCLUDERS.value, budget=_BUDGET.value,
         steps=_STEPS.value, max_photos=_MAX_PHOTOS.value, seed=_SEED.value)
 
 
-if __name__ == "__main__":
+def run_main():
+    """Console-script entry point (`deocc-quickstart`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(app.run(main))
+    errors.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from deocc_jax import checkpointing, train_lib
+from deocc_jax import checkpointing, eval_lib, sharding, steps, train_lib
 from tests import pairs_fixture as pf
 
 pf.enable_compilation_cache()
@@ -43,7 +43,7 @@ def reference(tmp_path_factory, data_dir):
 
 def _restore_all(workdir, step):
     """Every saved array of a checkpoint as numpy, keyed by item/path."""
-    setup = train_lib.build_setup(_config(str(workdir)), train_lib.make_mesh())
+    setup = train_lib.build_setup(_config(str(workdir)), sharding.make_mesh())
     state = train_lib.load_train_state(setup, str(workdir), step)
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(train_lib.state_items(state)))
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
@@ -153,12 +153,13 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path):
 _EVAL_SCRIPT = """
 import json, sys
 import numpy as np
-from deocc_jax import inference, metrics
+from deocc_jax import loading, metrics, models
 from deocc_jax.data import input_pipeline
-config, variables = inference.load_model(sys.argv[1], checkpoint=int(sys.argv[2]))
-predict = inference.make_predict_fn(config)
+model = loading.load_model(sys.argv[1], checkpoint=int(sys.argv[2]))
+config, variables = model.config, model.variables
+predict = models.make_predict_fn(config)
 acc = metrics.MetricAccumulator()
-for batch in input_pipeline.make_eval_iterator(config, "validation"):
+for batch in input_pipeline.make_eval_iterator(config.data_dir, "validation", config.batch_size):
     out = predict(variables, batch["occluded"])
     per = metrics.image_metrics(np.asarray(out["deoccluded"], np.float32) / 255.0,
                                 batch["clean"].astype(np.float32) / 255.0,
@@ -170,9 +171,9 @@ print("RESULT" + json.dumps(acc.result()))
 
 @pytest.mark.slow
 def test_checkpoint_restores_in_fresh_process_with_same_metrics(reference, data_dir):
-    setup = train_lib.build_setup(_config(data_dir), train_lib.make_mesh())
+    setup = train_lib.build_setup(_config(data_dir), sharding.make_mesh())
     state = train_lib.load_train_state(setup, str(reference), N)
-    in_process, _ = train_lib.evaluate(setup, state)
+    in_process, _ = eval_lib.validate(setup.mesh, setup.config, steps.eval_variables(state))
     # A fresh single-device process, using the inference API other tools use.
     out = subprocess.run([sys.executable, "-c", _EVAL_SCRIPT, str(reference), str(N)], cwd=pf.REPO,
                          env=pf.subprocess_env(num_devices=1), capture_output=True, text=True,

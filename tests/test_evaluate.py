@@ -10,6 +10,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from deocc_jax import baselines, eval_lib
+from deocc_jax.data import input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,13 +28,17 @@ def test_metrics_json_has_every_field(metrics, quickstart_run):
     assert n > 0 and sum(metrics["categories"].values()) == n
     for name, m in methods.items():
         keys = set(eval_lib.METRIC_KEYS) - ({"mask_iou"} if name != "model" else set())
+        faces = set(eval_lib.METRIC_KEYS) - set(eval_lib.PIXEL_KEYS)
         assert m["overall"]["count"] == n
         assert keys <= set(m["overall"]), (name, m["overall"])
         assert set(m["per_category"]) == set(metrics["categories"])
         for cat, c in m["per_category"].items():
             assert c["count"] == metrics["categories"][cat]
             assert keys <= set(c)
-        assert all(np.isfinite(m["overall"][k]) for k in keys)
+        assert all(np.isfinite(m["overall"][k]) for k in keys - faces)
+        # Face metrics: means over the faces found for every method, with the counts.
+        assert m["overall"]["count_faces"] == m["overall"]["expression_error_found"] > 0
+        assert all(m["overall"][k] >= 0 for k in faces)
     # Baselines never see a predicted mask; the blind model reports its IoU.
     assert "mask_iou" not in methods["opencv_telea"]["overall"]
     assert 0.0 <= methods["model"]["overall"]["mask_iou"] <= 1.0
@@ -52,10 +57,10 @@ def test_metrics_json_has_every_field(metrics, quickstart_run):
 
 
 def test_occluded_input_ssim_equals_skimage(metrics, quickstart_run):
-    split = eval_lib.load_split(quickstart_run["outputs"]["dataset"], "test")
-    want = np.mean([structural_similarity(c, o, data_range=255, gaussian_weights=True,
-                                          channel_axis=-1)
-                    for c, o in zip(split.clean, split.occluded)])
+    data = quickstart_run["outputs"]["dataset"]
+    split = input_pipeline.read_examples(data, "test", range(input_pipeline.split_size(data, "test")))
+    want = np.mean([structural_similarity(e["clean"], e["occluded"], data_range=255,
+                                          gaussian_weights=True, channel_axis=-1) for e in split])
     got = metrics["methods"]["occluded_input"]["overall"]["ssim"]
     assert got == pytest.approx(want, abs=1e-5)
     # Inpainting with the true mask must beat doing nothing inside the mask.
@@ -70,9 +75,9 @@ def test_cli_on_another_device_count_matches(quickstart_run, metrics, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "deocc_jax.evaluate", f"--workdir={quickstart_run['outputs']['workdir']}",
+        [sys.executable, "-m", "deocc_jax.evaluate", f"--model={quickstart_run['outputs']['workdir']}",
          f"--data_dir={quickstart_run['outputs']['dataset']}", "--split=test", f"--output={out}",
-         f"--compare={quickstart_run['outputs']['workdir']}", "--batch_size=4"],
+         f"--compare={quickstart_run['outputs']['workdir']}", "--batch_size=4", "--noface_metrics"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:

@@ -8,30 +8,35 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deocc_jax import eval_lib, export_lib, inference
+from deocc_jax import loading, models
+from deocc_jax.data import input_pipeline
+from deocc_jax.exporters import check as export_check
+from deocc_jax.exporters import saved_model
+from deocc_jax.io.saved_model_runner import SavedModelRunner
 
 
 @pytest.fixture(scope="module")
 def runner(quickstart_run):
-    return export_lib.SavedModelRunner(quickstart_run["outputs"]["export"])
+    return SavedModelRunner(quickstart_run["outputs"]["export"])
 
 
 def test_round_trip_matches_jax_on_real_faces(quickstart_run, runner):
     # Real occluded faces from the test split (aligned photos from ../shared).
-    split = eval_lib.load_split(quickstart_run["outputs"]["dataset"], "test")
-    images = np.concatenate([split.occluded, split.occluded])[:3]
-    config, variables = inference.load_model(quickstart_run["outputs"]["workdir"])
-    predict = jax.jit(functools.partial(inference.predict, config))
+    split = input_pipeline.read_examples(quickstart_run["outputs"]["dataset"], "test", [0, 1, 2])
+    images = np.stack([e["occluded"] for e in split])
+    model = loading.load_model(quickstart_run["outputs"]["workdir"])
+    variables = model.variables
+    predict = jax.jit(functools.partial(models.predict, model.config))
     for batch in (1, 3):
         got = runner(images[:batch])
         want = {k: np.asarray(v) for k, v in predict(variables, images[:batch]).items()}
         assert got["deoccluded"].dtype == np.uint8 and got["deoccluded"].shape == (batch, 32, 32, 3)
         assert got["mask"].dtype == np.float32 and got["mask"].shape == (batch, 32, 32, 1)
-        diffs = export_lib.compare_outputs(got, want)
-        assert export_lib.within_tolerance(diffs), (batch, diffs)
+        diffs = export_check.compare_outputs(got, want)
+        assert export_check.within_tolerance(diffs), (batch, diffs)
     # The export recorded its own check on the embedded real photos.
     check = runner.metadata["self_check"]
-    assert set(check["batches"]) == {"1", "3"} and check["tolerance"] == export_lib.TOLERANCE
+    assert set(check["batches"]) == {"1", "3"} and check["tolerance"] == export_check.TOLERANCE
     assert runner.metadata["resolution"] == 32 and runner.metadata["guided"] is False
 
 
@@ -57,26 +62,26 @@ def _toy_predict(variables, images, masks):
 
 def test_guided_export_takes_masks_and_checks_them(tmp_path):
     variables = {"fill": jnp.array([200.0, 100.0, 50.0], jnp.float32)}
-    path = export_lib.export_saved_model(_toy_predict, variables, str(tmp_path), resolution=16,
+    path = saved_model.export_saved_model(_toy_predict, variables, str(tmp_path), resolution=16,
                                          guided=True, version=3, platforms=("cpu",))
     assert path.endswith("/3")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    masks = export_lib.check_masks(3, 16)
-    check = export_lib.verify_saved_model(
-        str(tmp_path), lambda x, m: _toy_predict(variables, x, m), images, masks)
+    masks = export_check.check_masks(3, 16)
+    check = export_check.verify_runner(
+        SavedModelRunner(str(tmp_path)), lambda x, m: _toy_predict(variables, x, m), images, masks)
     assert check["batches"]["3"]["deoccluded_max_abs"] == 0
-    runner = export_lib.SavedModelRunner(str(tmp_path))
+    runner = SavedModelRunner(str(tmp_path))
     with pytest.raises(tf.errors.InvalidArgumentError, match="masks must be uint8 .* same batch"):
         runner(images, masks[:2])
     # A reference that disagrees is caught by the self-check.
-    with pytest.raises(export_lib.ExportCheckError, match="differs from the JAX model"):
-        export_lib.verify_saved_model(
-            str(tmp_path), lambda x, m: {**_toy_predict(variables, x, m),
+    with pytest.raises(export_check.ExportCheckError, match="differs from the JAX model"):
+        export_check.verify_runner(
+            SavedModelRunner(str(tmp_path)), lambda x, m: {**_toy_predict(variables, x, m),
                                          "deoccluded": 255 - _toy_predict(variables, x, m)["deoccluded"]},
             images, masks)
 
 
 def test_not_an_export_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a deocc export"):
-        export_lib.SavedModelRunner(str(tmp_path))
+        SavedModelRunner(str(tmp_path))

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deocc_jax import infer_lib, sample_photos, video
+from deocc_jax import infer_lib, predictors, sample_photos, video
 from deocc_jax.faces import FaceAnalyzer, align
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def model(quickstart_run):
-    return infer_lib.load_model(quickstart_run["outputs"]["export"])
+    return predictors.open_predictor(quickstart_run["outputs"]["export"])
 
 
 def test_pixels_outside_the_blend_are_unchanged(quickstart_run, model, tmp_path):
@@ -99,7 +99,7 @@ def test_video_keeps_frame_count_and_rate(quickstart_run, tmp_path):
     _make_video(clip)
     src = video.probe(str(clip))
     assert src.frame_count == 18
-    model = infer_lib.load_model(quickstart_run["outputs"]["workdir"])  # the JAX checkpoint this time
+    model = predictors.open_predictor(quickstart_run["outputs"]["workdir"])  # the JAX checkpoint this time
     lines = []
     stats = infer_lib.process_video(model, str(clip), str(tmp_path / "out"), side_by_side_out=True,
                                     log=lines.append)
@@ -130,7 +130,7 @@ def test_one_euro_smoothing_removes_jitter():
     np.testing.assert_allclose(far[1], base + 500, atol=1e-4)
 
 
-class _Guided(infer_lib.Model):
+class _Guided:
     resolution, guided, description = 32, True, "a guided test model"
 
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from deocc_jax import train_lib
+from deocc_jax import sharding, train_lib
 from tests import pairs_fixture as pf
 
 pf.enable_compilation_cache()
@@ -54,7 +54,7 @@ def test_two_processes_agree_with_one(tmp_path_factory, faces_dir, tmp_path):
     single = tmp_path / "single"
     result = train_lib.train_and_evaluate(config, str(single))
 
-    setup = train_lib.build_setup(config, train_lib.make_mesh())
+    setup = train_lib.build_setup(config, sharding.make_mesh())
     a = jax.device_get(train_lib.state_items(train_lib.load_train_state(setup, str(single), STEPS)))
     b = jax.device_get(train_lib.state_items(train_lib.load_train_state(setup, str(multi), STEPS)))
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)

@@ -116,36 +116,56 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
     return iter(local.batch(b, drop_remainder=True).to_iter_dataset(_read_options(config)))
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict, split: str = "validation", *,
-                       batch_size: int | None = None, num_examples: int | None = None,
-                       process_index: int | None = None,
-                       process_count: int | None = None) -> Iterator[dict[str, Any]]:
-    """One pass over `split` in file order, no augmentation, in fixed-size batches.
+def _eval_source(data_dir: str, split: str) -> grain.MapDataset:
+    return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(
+        features.list_shards(data_dir, split, "array_record")))
 
-    The last global batch is padded with copies of the first example; the
-    `valid` field (float32 [b], 0 for padding) lets metrics ignore them.
+
+def split_size(data_dir: str, split: str) -> int:
+    """Number of records in a split."""
+    return len(_eval_source(data_dir, split))
+
+
+def read_examples(data_dir: str, split: str, indices: list[int]) -> list[dict[str, Any]]:
+    """Decoded records at the given positions of a split (file order), all fields."""
+    ds = _eval_source(data_dir, split)
+    return [features.decode_example(ds[i], f"{data_dir}/{split}[{i}]") for i in indices]
+
+
+def make_eval_iterator(data_dir: str, split: str, batch_size: int, *,
+                       num_examples: int | None = None, num_threads: int = 2,
+                       prefetch_buffer_size: int = 4, process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[dict[str, Any]]:
+    """One pass over `split` in file order, no augmentation, in fixed-size global batches.
+
+    Each element is this process's rows of a global batch: uint8 "clean",
+    "occluded" [b, H, W, 3] and "mask" [b, H, W, 1], "index" (int64 position in
+    the split), "category" (str) and "valid" (float32, 0 for the padding that
+    fills the last batch with copies of the first example).
 
     Args:
-      config: experiment config (data_dir, resolution, batch_size, data.*).
+      data_dir: prepared dataset.
       split: dataset split name.
-      batch_size: global batch size; defaults to config.batch_size.
+      batch_size: global batch size.
       num_examples: evaluate only the first n examples (all when None).
+      num_threads, prefetch_buffer_size: grain read options.
       process_index, process_count: override jax's (tests).
     """
     p, n = _process_slice(process_index, process_count)
-    big_b = batch_size or config.batch_size
-    b = _local_batch(big_b, n)
-    paths = check_dataset(config, split)
-    source = f"{config.data_dir}/{split}"
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+    b = _local_batch(batch_size, n)
+    ds = _eval_source(data_dir, split)
+    source = f"{data_dir}/{split}"
     total = len(ds) if num_examples is None else min(num_examples, len(ds))
-    num_batches = -(-total // big_b)
+    num_batches = -(-total // batch_size)
 
     def element(j: int) -> dict[str, Any]:
-        g = (j // b) * big_b + p * b + j % b
-        ex = _decode(ds[g if g < total else 0], source)
-        ex["valid"] = np.float32(g < total)
-        return ex
+        g = (j // b) * batch_size + p * b + j % b
+        i = g if g < total else 0
+        ex = features.decode_example(ds[i], f"{source}[{i}]")
+        out = {k: ex[k] for k in ("clean", "occluded", "mask")}
+        out.update(valid=np.float32(g < total), index=np.int64(i), category=np.str_(ex["category"]))
+        return out
 
     local = grain.MapDataset.range(num_batches * b).map(element)
-    return iter(local.batch(b).to_iter_dataset(_read_options(config)))
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    return iter(local.batch(b).to_iter_dataset(options))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,9 @@ import numpy as np
 from jax import lax
 
 NORMS = ("batch", "instance", "group", "none")
+
+# A module constructor, usually a functools.partial of one (flax's ResNet idiom).
+ModuleDef = Callable[..., nn.Module]
 
 
 class Norm(nn.Module):
@@ -71,7 +74,7 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 # lax.conv_general_dilated on the same rearranged input and kernel, "auto" = matmul on the CPU
 # backend, xla_conv elsewhere. Why: on XLA:CPU a convolution's weight gradient is emitted as a
 # convolution whose window is a whole activation map, 10-40x slower than the same contraction
-# as a matmul (notes/SPEED_FINDINGS.md: the pix2pix step is 2.8x faster as matmuls); on GPU
+# as a matmul (docs/speed.md: the pix2pix step is 2.8x faster as matmuls); on GPU
 # cuDNN convolutions win. The kernels are stored in the fast layout because rearranging them
 # every step cost ~0.2 s per pix2pix step on CPU. `*_kernel_from_*` below are the exact
 # bijections with flax nn.Conv / nn.ConvTranspose layouts (for loading other weights; N(0, s)

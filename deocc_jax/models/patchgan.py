@@ -8,6 +8,7 @@ followed by two stride-1 convs (all 4x4) the receptive field is
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -15,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deocc_jax.models.layers import Conv, DownConv, Norm
+from deocc_jax.models import layers
+from deocc_jax.models.layers import ModuleDef
 
 
 def receptive_field(n_layers: int) -> int:
@@ -31,7 +33,7 @@ def n_layers_for_resolution(resolution: int) -> int:
 
 
 class _Conv(nn.Module):
-    """4x4 conv, padding 1, stride 2 (layers.DownConv) or 1 (layers.Conv), optionally spectral-normed.
+    """4x4 conv, padding 1, stride 2 (`down`) or 1 (`conv`), optionally spectral-normed.
 
     nn.SpectralNorm reshapes the kernel to (-1, Cout) before its power iteration; DownConv's
     (2, 2, 4*Cin, Cout) kernel holds the same rows as nn.Conv's (4, 4, Cin, Cout), permuted, so
@@ -42,15 +44,17 @@ class _Conv(nn.Module):
     use_bias: bool
     spectral_norm: bool
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
+    down: ModuleDef = layers.DownConv
+    conv: ModuleDef = layers.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.strides == 2:
-            conv = DownConv(self.features, self.use_bias, self.dtype, self.conv_impl, name="conv")
+            conv = self.down(features=self.features, use_bias=self.use_bias, dtype=self.dtype,
+                             name="conv")
         elif self.strides == 1:
-            conv = Conv(self.features, self.use_bias, self.dtype, self.conv_impl,
-                        kernel_size=(4, 4), padding=((1, 1), (1, 1)), name="conv")
+            conv = self.conv(features=self.features, use_bias=self.use_bias, dtype=self.dtype,
+                             kernel_size=(4, 4), padding=((1, 1), (1, 1)), name="conv")
         else:
             raise ValueError(f"PatchGAN convs have stride 1 or 2, got {self.strides}")
         if self.spectral_norm:
@@ -69,24 +73,27 @@ class PatchGAN(nn.Module):
     norm: str = "batch"
     spectral_norm: bool = False
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
+    down: ModuleDef = layers.DownConv
+    conv: ModuleDef = layers.Conv
 
     @nn.compact
     def __call__(self, condition: jax.Array, image: jax.Array, train: bool = False):
-        use_bias = self.norm != "batch"
+        conv = functools.partial(_Conv, spectral_norm=self.spectral_norm, dtype=self.dtype,
+                                 down=self.down, conv=self.conv)
         h = jnp.concatenate([condition, image], axis=-1).astype(self.dtype)
         features = []
-        h = _Conv(self.base_width, 2, True, self.spectral_norm, self.dtype, self.conv_impl)(h, train)
+        h = conv(features=self.base_width, strides=2, use_bias=True)(h, train)
         h = nn.leaky_relu(h, 0.2)
         features.append(h)
         for n in range(1, self.n_layers + 1):
             width = self.base_width * min(2 ** n, 8)
             stride = 2 if n < self.n_layers else 1
-            h = _Conv(width, stride, use_bias, self.spectral_norm, self.dtype, self.conv_impl)(h, train)
-            h = Norm(self.norm, dtype=self.dtype)(h, train)
+            # A norm follows: its mean subtraction cancels a bias.
+            h = conv(features=width, strides=stride, use_bias=self.norm == "none")(h, train)
+            h = layers.Norm(kind=self.norm, dtype=self.dtype)(h, train)
             h = nn.leaky_relu(h, 0.2)
             features.append(h)
-        logits = _Conv(1, 1, True, self.spectral_norm, self.dtype, self.conv_impl)(h, train)
+        logits = conv(features=1, strides=1, use_bias=True)(h, train)
         return {"logits": logits.astype(jnp.float32), "features": features}
 
 
@@ -98,7 +105,8 @@ class MultiScalePatchGAN(nn.Module):
     spectral_norm: bool = False
     num_scales: int = 1
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
+    down: ModuleDef = layers.DownConv
+    conv: ModuleDef = layers.Conv
 
     @nn.compact
     def __call__(self, condition: jax.Array, image: jax.Array, train: bool = False) -> list[dict]:
@@ -107,8 +115,8 @@ class MultiScalePatchGAN(nn.Module):
             if s > 0:
                 condition = nn.avg_pool(condition, (2, 2), strides=(2, 2))
                 image = nn.avg_pool(image, (2, 2), strides=(2, 2))
-            outputs.append(PatchGAN(self.base_width, max(1, self.n_layers - s), self.norm,
-                                    self.spectral_norm, self.dtype, self.conv_impl,
-                                    name=f"scale{s}")(
-                                        condition, image, train))
+            scale = PatchGAN(base_width=self.base_width, n_layers=max(1, self.n_layers - s),
+                             norm=self.norm, spectral_norm=self.spectral_norm, dtype=self.dtype,
+                             down=self.down, conv=self.conv, name=f"scale{s}")
+            outputs.append(scale(condition, image, train))
         return outputs

@@ -5,11 +5,14 @@ down to a bottleneck, mirrored upsampling with skip connections, LeakyReLU(0.2)
 in the encoder and ReLU in the decoder, no norm on the outermost and innermost
 encoder convs, dropout on the decoder levels just above the bottleneck.
 
-Upsampling is either "resize_conv" (nearest resize + 3x3 conv: no checkerboard
-artefacts) or "conv_transpose" (the pix2pix reference). Every convolution is a
-`layers` module (DownConv / UpConv / ResizeConv / Conv) whose compute follows
-`conv_impl` (im2col matmuls on CPU, XLA convolutions on GPU) with the same
-parameters either way.
+Convolutions come from factories passed as module fields (the flax
+`partial(nn.Conv, ...)` idiom): `down` (stride 2), `up` (x2 upsampling:
+`layers.ResizeConv`, no checkerboard artefacts, or `layers.UpConv`, pix2pix's
+transposed conv) and `conv` (stride 1, used by the attention gates).
+`models.build_generator` binds how they compute (`conv_impl`), so the network
+never sees that choice. A convolution followed by a normalisation has no bias:
+the norm subtracts it again, so its gradient is rounding noise that Adam would
+turn into steps of size lr.
 """
 
 from __future__ import annotations
@@ -21,28 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deocc_jax.models.layers import Conv, DownConv, Norm, ResizeConv, UpConv
-
-UPSAMPLE_KINDS = ("resize_conv", "conv_transpose")
-
-
-class _Upsample(nn.Module):
-    """x2 spatial upsampling to `features` channels."""
-    features: int
-    kind: str
-    use_bias: bool
-    dtype: Any = jnp.float32
-    conv_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.kind == "resize_conv":
-            return ResizeConv(self.features, self.use_bias, self.dtype, self.conv_impl,
-                              name="conv")(x)
-        if self.kind == "conv_transpose":
-            # == PyTorch ConvTranspose2d(k=4, s=2, p=1); see layers.UpConv.
-            return UpConv(self.features, self.use_bias, self.dtype, self.conv_impl, name="conv")(x)
-        raise ValueError(f"unknown upsample {self.kind!r}; choose one of {UPSAMPLE_KINDS}")
+from deocc_jax.models import layers
+from deocc_jax.models.layers import ModuleDef
 
 
 class SelfAttention(nn.Module):
@@ -66,18 +49,18 @@ class AttentionGate(nn.Module):
     The decoder feature at the same resolution is the gating signal, so the
     network can learn to pass skip features only where the input is not hidden.
     """
+    conv: ModuleDef = layers.Conv
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, skip: jax.Array, gate: jax.Array) -> jax.Array:
         inter = max(skip.shape[-1] // 2, 1)
         # 1x1 convs with flax's default lecun-normal init (as nn.Conv had).
-        conv = functools.partial(Conv, kernel_size=(1, 1), dtype=self.dtype, impl=self.conv_impl,
+        conv = functools.partial(self.conv, kernel_size=(1, 1), dtype=self.dtype,
                                  kernel_init=nn.initializers.lecun_normal())
-        theta = conv(inter, use_bias=False, name="theta")(skip)
-        phi = conv(inter, name="phi")(gate)
-        psi = conv(1, name="psi")(nn.relu(theta + phi))
+        theta = conv(features=inter, use_bias=False, name="theta")(skip)
+        phi = conv(features=inter, name="phi")(gate)
+        psi = conv(features=1, name="psi")(nn.relu(theta + phi))
         return skip * nn.sigmoid(psi)
 
 
@@ -89,23 +72,22 @@ class UNet(nn.Module):
       depth: number of stride-2 downsamplings (pix2pix U-Net-256: 8).
       max_width: channel cap (pix2pix: 512).
       norm: "batch" | "instance" | "group" | "none".
-      upsample: "resize_conv" | "conv_transpose".
       dropout: rate on the `dropout_levels` decoder levels above the bottleneck.
       dropout_levels: how many decoder levels get dropout (pix2pix: 3).
       self_attention_stride: self-attention on decoder features whose stride
         (input size / feature size) is at least this and whose size is at least
         2x2; 0 disables it.
+      attention_heads: heads of the self-attention blocks.
       attention_gates: gate every skip connection with the decoder feature.
       mask_head: also predict occlusion-mask logits (blind mode).
       out_channels: RGB channels.
       dtype: compute dtype (parameters stay float32).
-      conv_impl: "auto" | "matmul" | "xla_conv" (see layers.py; parameters are the same).
+      down, up, conv: convolution factories (see the module docstring).
     """
     base_width: int = 64
     depth: int = 8
     max_width: int = 512
     norm: str = "batch"
-    upsample: str = "resize_conv"
     dropout: float = 0.5
     dropout_levels: int = 3
     self_attention_stride: int = 0
@@ -114,7 +96,9 @@ class UNet(nn.Module):
     mask_head: bool = True
     out_channels: int = 3
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
+    down: ModuleDef = layers.DownConv
+    up: ModuleDef = layers.ResizeConv
+    conv: ModuleDef = layers.Conv
 
     def _width(self, level: int) -> int:
         return min(self.base_width * 2 ** level, self.max_width)
@@ -125,39 +109,42 @@ class UNet(nn.Module):
         if x.shape[1] != x.shape[2] or size % (2 ** self.depth):
             raise ValueError(f"U-Net of depth {self.depth} needs square inputs divisible by "
                              f"{2 ** self.depth}, got {x.shape[1:3]}")
-        use_bias = self.norm != "batch"  # BatchNorm's offset makes a conv bias redundant.
-        x = x.astype(self.dtype)
+        normed_bias = self.norm == "none"  # a norm after the conv cancels its bias
+        down = functools.partial(self.down, dtype=self.dtype)
+        up = functools.partial(self.up, dtype=self.dtype)
+        norm = functools.partial(layers.Norm, kind=self.norm, dtype=self.dtype)
+        h = x.astype(self.dtype)
 
         skips = []
-        h = x
         for level in range(self.depth):
             if level > 0:
                 h = nn.leaky_relu(h, 0.2)
-            h = DownConv(self._width(level), use_bias, self.dtype, self.conv_impl,
-                         name=f"down{level}")(h)
-            if 0 < level < self.depth - 1:
-                h = Norm(self.norm, dtype=self.dtype, name=f"down{level}_norm")(h, train)
+            has_norm = 0 < level < self.depth - 1
+            h = down(features=self._width(level), use_bias=not has_norm or normed_bias,
+                     name=f"down{level}")(h)
+            if has_norm:
+                h = norm(name=f"down{level}_norm")(h, train)
             skips.append(h)
 
         for level in reversed(range(self.depth - 1)):
             h = nn.relu(h)
-            h = _Upsample(self._width(level), self.upsample, use_bias, self.dtype,
-                          self.conv_impl, name=f"up{level}")(h)
-            h = Norm(self.norm, dtype=self.dtype, name=f"up{level}_norm")(h, train)
+            h = up(features=self._width(level), use_bias=normed_bias, name=f"up{level}")(h)
+            h = norm(name=f"up{level}_norm")(h, train)
             from_bottom = self.depth - 2 - level
             if self.dropout > 0 and 1 <= from_bottom <= self.dropout_levels:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
             stride = size // h.shape[1]
             if self.self_attention_stride and stride >= self.self_attention_stride and h.shape[1] >= 2:
-                h = SelfAttention(self.attention_heads, self.dtype, name=f"attn{level}")(h)
+                h = SelfAttention(num_heads=self.attention_heads, dtype=self.dtype,
+                                  name=f"attn{level}")(h)
             skip = skips[level]
             if self.attention_gates:
-                skip = AttentionGate(self.dtype, self.conv_impl, name=f"gate{level}")(skip, h)
+                skip = AttentionGate(conv=self.conv, dtype=self.dtype, name=f"gate{level}")(skip, h)
             h = jnp.concatenate([h, skip], axis=-1)
 
         h = nn.relu(h)
         out_ch = self.out_channels + (1 if self.mask_head else 0)
-        h = _Upsample(out_ch, self.upsample, True, self.dtype, self.conv_impl, name="out")(h)
+        h = up(features=out_ch, use_bias=True, name="out")(h)
         h = h.astype(jnp.float32)
         return {
             "rgb": jnp.tanh(h[..., :self.out_channels]),
