@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -201,7 +202,6 @@ class Checkpointer:
         if jax.process_index() == 0 and src.exists():
             src.rename(src.parent / f"{step}.corrupt-{int(time.time())}")
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"deocc_quarantine_{step}")
         self._manager.reload()
 

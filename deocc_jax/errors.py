@@ -19,6 +19,8 @@ import logging as std_logging
 import sys
 from typing import Callable, Sequence
 
+from absl import app, logging
+
 EXIT_USER_ERROR = 2  # what absl's UsageError also exits with
 # Libraries whose INFO lines are hidden at the default verbosity (path fragments of their files).
 QUIET_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow/", "/jax/_src/", "/etils/")
@@ -61,8 +63,6 @@ def run(main: Callable[[Sequence[str]], object], **kwargs) -> None:
       main: the binary's main(argv).
       **kwargs: passed to `absl.app.run` (e.g. flags_parser).
     """
-    from absl import app, logging
-
     def guarded(argv):
         if logging.get_verbosity() < logging.DEBUG:
             logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from deocc_jax import errors, loading, models
-from deocc_jax.io import saved_model_runner
+from deocc_jax.io import onnx_runner, saved_model_runner, tflite_runner
 
 # Where deocc's own trained models live (the repo's pretrained/ folder);
 # DEOCC_PRETRAINED_DIR overrides it.
@@ -91,11 +91,9 @@ def open_predictor(path: str | None, checkpoint: str | int = "latest", *,
             f"--model {path}: does not exist (a workdir, a pretrained folder, an export folder, "
             "a .onnx or a .tflite file)")
     if path.endswith(".onnx"):
-        from deocc_jax.io.onnx_runner import OnnxRunner  # onnxruntime only when asked for
-        return OnnxRunner(path)
+        return onnx_runner.OnnxRunner(path)
     if path.endswith(".tflite"):
-        from deocc_jax.io.tflite_runner import TfliteRunner  # LiteRT only when asked for
-        return TfliteRunner(path)
+        return tflite_runner.TfliteRunner(path)
     if saved_model_runner.is_export(path):
         return saved_model_runner.SavedModelRunner(path)
     return JaxPredictor(loading.load_model(path, checkpoint))

@@ -19,12 +19,12 @@ from deocc_jax.faces import FaceAnalyzer, alignment_matrix, largest_face, warp_t
 
 
 def _skimage_data(name: str) -> str:
-    import skimage.data
+    import skimage.data  # only to find the package's folder
     return os.path.join(os.path.dirname(skimage.data.__file__), name)
 
 
 def _matplotlib_sample(name: str) -> str:
-    import matplotlib
+    import matplotlib  # only to find the package's folder
     return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", name)
 
 

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Iterator
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
@@ -71,7 +72,6 @@ def augment(example: dict[str, np.ndarray], rng: np.random.Generator, *, flip_pr
 
 def _process_slice(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
         return jax.process_index(), jax.process_count()
     return process_index, process_count
 

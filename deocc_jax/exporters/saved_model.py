@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
+import jax
+
 from deocc_jax.io.saved_model_runner import SIGNATURE_KEY, write_metadata
 
 # (variables, images, masks or None) -> {"deoccluded": uint8 [B,H,W,3], "mask": float32 [B,H,W,1]}.
@@ -32,7 +34,7 @@ def _validated(images, masks, resolution: int):
     InvalidArgumentError that says what was expected; TF's signature binding
     already rejects the wrong dtype before this runs.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TF only when exporting: seconds to import
 
     r = resolution
 
@@ -84,8 +86,8 @@ def export_saved_model(predict_fn: PredictFn, variables: Any, output_dir: str, *
     Returns:
       The version directory that holds saved_model.pb.
     """
-    import jax
-    import tensorflow as tf  # TF and orbax-export only when exporting: seconds to import
+    # TF and orbax-export only when exporting: seconds to import.
+    import tensorflow as tf
     from orbax.export import ExportManager, JaxModule, ServingConfig
 
     variables = jax.device_get(variables)

@@ -73,7 +73,7 @@ class SavedModelRunner:
         self.description = f"SavedModel {self.path}"
 
     def __call__(self, images: np.ndarray, masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        import tensorflow as tf
+        import tensorflow as tf  # already loaded by __init__; local so importing this module is cheap
 
         kwargs = {"images": tf.constant(images)}
         if self.guided:
