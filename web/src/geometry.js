@@ -1,0 +1,114 @@
+// Face alignment: a port of deocc_jax/faces/landmarks.py and align.py.
+//
+// A matrix is a 2x3 similarity [a, b, c, d, e, f] mapping photo pixels to
+// crop pixels, as in align.py: crop = warpToCrop(image, M, R).
+
+import { resizeArea, roundHalfEven, warpAffine, invertAffine } from "./imgproc.js";
+
+// MediaPipe face-mesh indices (landmarks.py).
+export const LEFT_EYE_CORNERS = [33, 133];
+export const RIGHT_EYE_CORNERS = [263, 362];
+export const NOSE_TIP = 1;
+export const MOUTH_LEFT = 61;
+export const MOUTH_RIGHT = 291;
+
+// FFHQ 5-point template at 512 px divided by 512 (align.TEMPLATE_5).
+export const TEMPLATE_5 = [
+  [192.98138, 239.94708],
+  [318.90277, 240.19360],
+  [256.63416, 314.01935],
+  [201.26117, 371.41043],
+  [313.08905, 371.15118],
+].map(([x, y]) => [x / 512.0, y / 512.0]);
+
+/**
+ * MediaPipe's normalised landmarks in photo pixels, as deocc_jax.faces.detect
+ * stores them: (x * width, y * height) rounded to float32.
+ *
+ * @param {{x: number, y: number}[]} normalized one face's landmarks.
+ * @returns {number[][]} [[x, y], ...].
+ */
+export function pixelLandmarks(normalized, width, height) {
+  return normalized.map((p) => [Math.fround(p.x * width), Math.fround(p.y * height)]);
+}
+
+/** landmarks.five_points: left eye, right eye, nose tip, mouth corners. */
+export function fivePoints(lm) {
+  const mid = ([i, j]) => [(lm[i][0] + lm[j][0]) / 2, (lm[i][1] + lm[j][1]) / 2];
+  return [mid(LEFT_EYE_CORNERS), mid(RIGHT_EYE_CORNERS), lm[NOSE_TIP], lm[MOUTH_LEFT],
+    lm[MOUTH_RIGHT]].map((p) => [p[0], p[1]]);
+}
+
+/**
+ * align.umeyama_similarity: least-squares rotation + uniform scale +
+ * translation mapping src to dst.
+ *
+ * In 2-D Umeyama's SVD solution (including its reflection correction) has a
+ * closed form: the rotation angle is atan2(c10 - c01, c00 + c11) of the
+ * cross-covariance C = sum(d s^T) / n and the scale is
+ * hypot(c00 + c11, c10 - c01) / var(s), which equals
+ * trace(diag(sigma) S) / var(s) for both signs of det(C).
+ */
+export function umeyamaSimilarity(src, dst) {
+  const n = src.length;
+  const mean = (pts) => [pts.reduce((s, p) => s + p[0], 0) / n, pts.reduce((s, p) => s + p[1], 0) / n];
+  const ms = mean(src), md = mean(dst);
+  let c00 = 0, c01 = 0, c10 = 0, c11 = 0, varS = 0;
+  for (let i = 0; i < n; i++) {
+    const sx = src[i][0] - ms[0], sy = src[i][1] - ms[1];
+    const dx = dst[i][0] - md[0], dy = dst[i][1] - md[1];
+    c00 += dx * sx; c01 += dx * sy; c10 += dy * sx; c11 += dy * sy;
+    varS += sx * sx + sy * sy;
+  }
+  const p = (c00 + c11) / n, q = (c10 - c01) / n;
+  varS /= n;
+  const norm = Math.hypot(p, q);
+  const cos = p / norm, sin = q / norm;
+  const scale = norm / varS;
+  const a = scale * cos, b = -scale * sin, d = scale * sin, e = scale * cos;
+  return [a, b, md[0] - (a * ms[0] + b * ms[1]), d, e, md[1] - (d * ms[0] + e * ms[1])];
+}
+
+/** align.alignment_matrix: photo pixels -> resolution^2 aligned crop. */
+export function alignmentMatrix(landmarks, resolution) {
+  return umeyamaSimilarity(fivePoints(landmarks),
+    TEMPLATE_5.map(([x, y]) => [x * resolution, y * resolution]));
+}
+
+/** align.matrix_scale: crop pixels per photo pixel. */
+export function matrixScale(m) {
+  return Math.sqrt(Math.abs(m[0] * m[4] - m[1] * m[3]));
+}
+
+/** align.transform_landmarks: applies m to [[x, y]...]; float32 results. */
+export function transformPoints(points, m) {
+  return points.map(([x, y]) => [Math.fround(m[0] * x + m[1] * y + m[2]),
+    Math.fround(m[3] * x + m[4] * y + m[5])]);
+}
+
+export { invertAffine };
+
+/**
+ * align.warp_to_crop: the aligned crop of an RGB image.
+ *
+ * Large downscales (scale < 0.5) first shrink the photo with area averaging,
+ * as the Python path does, so a small crop of a big frame is not aliased.
+ *
+ * @param {Uint8Array} rgb photo, 3 channels.
+ * @returns {Uint8Array} resolution^2 x 3 crop.
+ */
+export function warpToCrop(rgb, width, height, m, resolution) {
+  const scale = matrixScale(m);
+  let image = rgb, w = width, h = height, mat = m;
+  if (scale < 0.5) {
+    const f = 2.0 * scale;
+    const sw = Math.max(1, roundHalfEven(width * f)), sh = Math.max(1, roundHalfEven(height * f));
+    image = resizeArea(rgb, width, height, 3, sw, sh);
+    const fx = sw / width, fy = sh / height;
+    // crop = M @ image_pt = M @ diag(1/fx, 1/fy) @ small_pt
+    const ix = 1 / fx, iy = 1 / fy;
+    mat = [m[0] * ix, m[1] * iy, m[2], m[3] * ix, m[4] * iy, m[5]];
+    w = sw; h = sh;
+  }
+  return warpAffine(image, w, h, 3, mat, resolution, resolution, { border: "reflect101" });
+}
