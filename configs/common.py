@@ -103,10 +103,17 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Config variants named after the file, e.g. `--config=configs/pix2pix.py:runlocal`."""
-    if not arg:
-        return c
-    if arg == "runlocal":
-        return runlocal(c)
-    raise ValueError(f"unknown config variant {arg!r}; known: 'runlocal'")
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None,
+              variants: dict | None = None) -> ml_collections.ConfigDict:
+    """Config variants named after the file, e.g. `--config=configs/pix2pix.py:runlocal`.
+
+    `arg` may list several, comma-separated and applied in order
+    (`configs/reference.py:noattn,runlocal`); `variants` maps a config's own
+    variant names to functions that change the config in place.
+    """
+    known = {"runlocal": runlocal, **(variants or {})}
+    for name in filter(None, (arg or "").split(",")):
+        if name not in known:
+            raise ValueError(f"unknown config variant {name!r}; known: {sorted(known)}")
+        c = known[name](c) or c
+    return c

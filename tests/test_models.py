@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import deocc, pix2pix, tiny, unet_l1
+from configs import deocc, pix2pix, realtime, reference, tiny, unet_l1
 from deocc_jax import models, sharding, steps, train_lib
 from deocc_jax.models import layers, patchgan
 
-CONFIGS = {"unet_l1": unet_l1, "pix2pix": pix2pix, "deocc": deocc, "tiny": tiny}
+CONFIGS = {"unet_l1": unet_l1, "pix2pix": pix2pix, "deocc": deocc, "tiny": tiny,
+           "reference": reference, "realtime": realtime}
 
 
 def _count(tree) -> int:

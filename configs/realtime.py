@@ -1,0 +1,18 @@
+"""The live model deocc ships (pretrained/deocc-realtime-128): 128 px in under 15 ms on 2 CPU cores.
+
+The reference model's losses, data and training, with a generator sized for
+CPU latency: base width 16, depth 5, width capped at 128, no attention
+(0.78 M parameters against the reference's 6.0 M; `benchmarks/inference.py`
+has the measured latencies of both).
+
+Variants: runlocal (tests).
+"""
+
+from configs import common, reference
+
+
+def get_config(arg=None):
+    c = reference.get_config()
+    c.model.generator.update(dict(base_width=16, depth=5, max_width=128,
+                                  self_attention_stride=0, attention_gates=False))
+    return common.apply_arg(c, arg)
