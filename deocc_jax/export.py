@@ -27,6 +27,8 @@ _CHECK_IMAGES = flags.DEFINE_multi_string(
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export of the same step.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower the model for.")
 _LANDMARKER = flags.DEFINE_string("landmarker_model", None, "Path of face_landmarker.task.")
+_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "float16"],
+                                 "Storage type of the parameters (float16: half the size).")
 
 
 def main(argv):
@@ -39,7 +41,7 @@ def main(argv):
     meta = export_lib.export_model(
         model, _OUTPUT.value, checkpoint=loading.parse_checkpoint(_CHECKPOINT.value),
         check_images=images, overwrite=_OVERWRITE.value, landmarker_model=_LANDMARKER.value,
-        platforms=tuple(_PLATFORMS.value))
+        platforms=tuple(_PLATFORMS.value), param_dtype=_PARAM_DTYPE.value)
     print(f"exported {os.path.join(os.path.abspath(_OUTPUT.value), str(meta['step']))}")
     print(export_lib.serving_help(_OUTPUT.value, meta["resolution"], meta["guided"]))
 

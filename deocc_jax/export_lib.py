@@ -9,13 +9,13 @@ TensorFlow and compares it with JAX on real aligned face photos
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from deocc_jax import errors, loading, models, sample_photos
 from deocc_jax.exporters import check as export_check
@@ -26,7 +26,7 @@ from deocc_jax.io import saved_model_runner
 def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "latest",
                  check_images: list[str] | None = None, overwrite: bool = False,
                  landmarker_model: str | None = None,
-                 platforms: tuple[str, ...] = ("cpu", "cuda"),
+                 platforms: tuple[str, ...] = ("cpu", "cuda"), param_dtype: str = "float32",
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Exports a model as a SavedModel and checks it against JAX.
 
@@ -39,6 +39,10 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
       overwrite: replace an existing export of the same step.
       landmarker_model: explicit face_landmarker.task path.
       platforms: platforms to lower for.
+      param_dtype: "float32", or "float16" to store the parameters at half the size
+        (they are cast to float32 inside the graph; the self-check compares with JAX
+        running the same rounded parameters, and `evaluate` measures what the
+        rounding costs).
       log: progress output.
 
     Returns:
@@ -56,9 +60,16 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
         if not overwrite:
             raise errors.OutputExistsError(f"{target}: exists; pass --overwrite to replace it")
         shutil.rmtree(target)
-    predict = functools.partial(models.predict, config)
+    if param_dtype not in ("float32", "float16"):
+        raise errors.InvalidInputError(f"--param_dtype={param_dtype}: float32 or float16")
+    variables = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), variables)
+
+    def predict(params, images, masks=None):
+        params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+        return models.predict(config, params, images, masks)
+
     meta = {"model": os.path.abspath(model_path), "kind": model.kind, "checkpoint": str(checkpoint),
-            "step": step, "mode": config.model.mode,
+            "step": step, "mode": config.model.mode, "param_dtype": param_dtype,
             "config": json.loads(config.to_json_best_effort())}
     path = saved_model.export_saved_model(predict, variables, output_dir, resolution=resolution,
                                           guided=guided, version=step, metadata=meta,

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from absl import flags
 
 from deocc_jax import errors
+from launch import demo_photo
 
 _INPUT = flags.DEFINE_string("input", None, "Folder or glob of face photos (default: the embedded "
                              "sample portraits).")
@@ -123,37 +124,6 @@ def prepare_dataset(photos_dir: str, data_dir: str, *, resolution: int, variants
                          occluders_dir=occluders_dir, overwrite=True)
 
 
-def occluded_demo_photo(photo: str, out_path: str, seed: int, occluders_dir: str | None) -> str:
-    """The photo with a synthetic occluder on its largest face (what infer gets to fix).
-
-    The occluder is drawn at 256 px in the aligned frame, then warped back and
-    alpha-composited into the full photo, so it stays sharp at any model size.
-    """
-    import numpy as np
-    from data_prep import occluders as occ, synth
-    from deocc_jax import infer_lib
-    from deocc_jax.faces import (FaceAnalyzer, alignment_matrix, largest_face, transform_landmarks,
-                                 warp_back, warp_to_crop)
-
-    image = infer_lib.read_rgb(photo)
-    with FaceAnalyzer(mode="image") as analyzer:
-        face = largest_face(analyzer.detect(image))
-    if face is None:
-        raise ValueError(f"{photo}: no face detected for the demo")
-    res = 256
-    M = alignment_matrix(face.landmarks, res)
-    crop = warp_to_crop(image, M, res)
-    library = occ.OccluderLibrary(occluders_dir) if occluders_dir else None
-    s = synth.synthesize(crop, transform_landmarks(face.landmarks, M),
-                         synth.variant_rng(seed, "quickstart-demo", 0), library)
-    h, w = image.shape[:2]
-    alpha = warp_back(s.alpha[..., 0].astype(np.float32) / 255.0, M, (h, w))[..., None]
-    occluded = warp_back(s.occluded, M, (h, w)).astype(np.float32)
-    out = np.clip(np.round(alpha * occluded + (1 - alpha) * image), 0, 255).astype(np.uint8)
-    infer_lib.write_rgb(out_path, out)
-    return out_path
-
-
 def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | None = None,
         budget: str = "default", steps: int | None = None, max_photos: int | None = None,
         seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -236,7 +206,7 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
     stage("export")
 
     # 6. Inference on a real photo with an occluder drawn on it.
-    demo_in = occluded_demo_photo(originals[0], os.path.join(d["infer"], "input",
+    demo_in = demo_photo.occluded_demo_photo(originals[0], os.path.join(d["infer"], "input",
                                                              "demo_occluded.png"),
                                   seed, occluders_dir)
     model = predictors.open_predictor(d["export"])
