@@ -197,11 +197,21 @@ document.addEventListener("drop", (e) => {
 
 // ---------------------------------------------------------------- camera
 
-let stream = null, cameraLoop = 0, loopDone = Promise.resolve();
+let stream = null, cameraLoop = 0, loopDone = Promise.resolve(), wakeLoop = () => {};
+
+/** Resolves at the camera's next frame (or the next repaint where the browser cannot tell). */
+function nextVideoFrame(video) {
+  return new Promise((resolve) => {
+    wakeLoop = resolve;  // stopCamera() must not wait for a frame that never comes
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(() => resolve());
+    else requestAnimationFrame(() => resolve());
+  });
+}
 
 /** Stops the camera; resolves once the frame being processed has been drawn. */
 function stopCamera() {
   cameraLoop += 1;  // ends a running loop
+  wakeLoop();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   stream = null;
   ui.camera.textContent = "Start camera";
@@ -265,7 +275,8 @@ async function cameraFrames(loop) {
         return;
       }
     }
-    await new Promise((resolve) => requestAnimationFrame(resolve));
+    // Each camera frame is processed once: the rate shown is the rate of new frames out.
+    await nextVideoFrame(video);
   }
 }
 
