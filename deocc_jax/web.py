@@ -31,6 +31,7 @@ from typing import Any
 from absl import flags
 
 from deocc_jax import assets, errors
+from deocc_jax.io import portable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEB_DIR = os.path.join(REPO, "web")
@@ -128,27 +129,30 @@ def model_info(path: str) -> dict[str, Any]:
         raise errors.InvalidInputError(f"--model {path}: not an ONNX model ({e})") from e
     inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
-    want = "input `images` uint8 [B, R, R, 3], outputs `deoccluded` uint8 and `mask` float32"
-    if "masks" in inputs:
+    images, deoccluded, mask = portable.INPUT_IMAGES, portable.OUTPUT_IMAGES, portable.OUTPUT_MASK
+    want = f"input `{images}` uint8 [B, R, R, 3], outputs `{deoccluded}` uint8 and `{mask}` float32"
+    if portable.INPUT_MASKS in inputs:
         raise errors.InvalidInputError(
             f"--model {path}: a guided model (it needs the occluder mask as input, which a camera "
             "does not have); use a blind model")
-    if "images" not in inputs or not {"deoccluded", "mask"} <= set(outputs):
+    if images not in inputs or not {deoccluded, mask} <= set(outputs):
         raise errors.InvalidInputError(
             f"--model {path}: inputs {sorted(inputs)}, outputs {sorted(outputs)}; expected {want}")
-    t = inputs["images"].type.tensor_type
+    t = inputs[images].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    types = (t.elem_type, outputs["deoccluded"].type.tensor_type.elem_type,
-             outputs["mask"].type.tensor_type.elem_type)
+    types = (t.elem_type, outputs[deoccluded].type.tensor_type.elem_type,
+             outputs[mask].type.tensor_type.elem_type)
     if types != (onnx.TensorProto.UINT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT) \
             or len(dims) != 4 or dims[3] != 3:
+        names = "/".join(onnx.TensorProto.DataType.Name(x).lower() for x in types)
         raise errors.InvalidInputError(
-            f"--model {path}: images {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)} {dims}; "
+            f"--model {path}: {images} {dims}, types {images}/{deoccluded}/{mask} {names}; "
             f"expected {want}")
     props = {p.key: p.value for p in model.metadata_props}
     try:
-        # deocc_jax.export writes its facts as one JSON object (io.portable).
-        meta = json.loads(props.get("deocc_export", "{}"))
+        # deocc_jax.export writes its facts as one JSON object; other graphs may
+        # carry just a "resolution" property, or only the input's static shape.
+        meta = json.loads(props.get(portable.METADATA_KEY, "{}"))
     except ValueError as e:
         raise errors.InvalidInputError(f"--model {path}: unreadable deocc metadata ({e})") from e
     resolution = int(meta.get("resolution") or props.get("resolution") or dims[1] or 0)

@@ -3,8 +3,8 @@
 The page is served on loopback by `deocc_jax.web`, given a real photo (a
 public-domain portrait with an occluder drawn on, as the quickstart does) by
 drag and drop, and a fake camera playing a video of it. Each time the canvas
-it shows is checked against the Python path (`infer_lib.restore_faces` on the
-same ONNX model, run by onnxruntime):
+it shows is checked against the Python path (`infer_lib.restore_faces` with
+the same ONNX file opened by `predictors.open_predictor`, i.e. onnxruntime):
 
 - pixels inside the occluder changed, pixels outside the face's crop are
   byte-for-byte the input;
@@ -19,6 +19,7 @@ does); Playwright drives it and never downloads a browser of its own.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -31,13 +32,17 @@ import urllib.error
 import urllib.request
 
 import cv2
+import jax
 import numpy as np
 import pytest
+from playwright.sync_api import sync_playwright
 
-from deocc_jax import errors, infer_lib, sample_photos, web
+from configs import tiny
+from deocc_jax import errors, infer_lib, models, predictors, sample_photos, web
+from deocc_jax.exporters import onnx as onnx_export
 from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer, largest_face
-from launch import quickstart
+from launch import demo_photo
 
 CHROMIUM = os.environ.get("DEOCC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -89,64 +94,27 @@ def web_build() -> str:
     return web.check_build()
 
 
-def _standin_onnx(path: str, resolution: int) -> str:
-    """A blind deocc-shaped ONNX graph: mask = dark regions, output = inverted colours."""
-    import onnx
-    from onnx import TensorProto as T, helper as h
-
-    nodes = [
-        h.make_node("Cast", ["images"], ["x"], to=T.FLOAT),
-        h.make_node("ReduceMean", ["x", "axis"], ["gray"], keepdims=1),
-        h.make_node("Sub", ["c128", "gray"], ["dark"]),
-        h.make_node("Transpose", ["dark"], ["dark_nchw"], perm=[0, 3, 1, 2]),
-        h.make_node("AveragePool", ["dark_nchw"], ["pooled"], kernel_shape=[5, 5],
-                    pads=[2, 2, 2, 2], count_include_pad=0),
-        h.make_node("Transpose", ["pooled"], ["pooled_nhwc"], perm=[0, 2, 3, 1]),
-        h.make_node("Div", ["pooled_nhwc", "c8"], ["logits"]),
-        h.make_node("Sigmoid", ["logits"], ["mask"]),
-        h.make_node("Sub", ["c255", "x"], ["inverted"]),
-        h.make_node("Clip", ["inverted", "c0", "c255"], ["clipped"]),
-        h.make_node("Cast", ["clipped"], ["deoccluded"], to=T.UINT8),
-    ]
-    consts = [h.make_tensor("axis", T.INT64, [1], [3]), h.make_tensor("c128", T.FLOAT, [], [128.0]),
-              h.make_tensor("c8", T.FLOAT, [], [8.0]), h.make_tensor("c255", T.FLOAT, [], [255.0]),
-              h.make_tensor("c0", T.FLOAT, [], [0.0])]
-    r = resolution
-    graph = h.make_graph(
-        nodes, "deocc_standin", [h.make_tensor_value_info("images", T.UINT8, ["batch", r, r, 3])],
-        [h.make_tensor_value_info("deoccluded", T.UINT8, ["batch", r, r, 3]),
-         h.make_tensor_value_info("mask", T.FLOAT, ["batch", r, r, 1])], consts)
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=10)
-    h.set_model_props(model, {"resolution": str(r)})
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory) -> str:
-    return _standin_onnx(str(tmp_path_factory.mktemp("model") / "model.onnx"), RESOLUTION)
+    """configs/tiny.py's generator (seeded, untrained), exported by deocc_jax.exporters.onnx.
 
-
-class OnnxModel:
-    """The Python path's model: the same .onnx file run by onnxruntime (CPU)."""
-
-    guided = False
-
-    def __init__(self, path: str, resolution: int):
-        import onnxruntime as ort  # heavy; only these tests need it here
-        self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.resolution = resolution
-        self.description = f"ONNX {path}"
-
-    def __call__(self, images, masks=None):
-        deoccluded, mask = self._session.run(["deoccluded", "mask"], {"images": images})
-        return {"deoccluded": deoccluded, "mask": mask}
+    Untrained is enough here: the test compares two runtimes of one model, and
+    its mask is above 0.5 on about half of a crop, so the blend covers the face.
+    """
+    config = tiny.get_config()
+    with config.unlocked():
+        config.model.conv_impl = "xla_conv"   # one ONNX Conv per convolution (exporters.onnx)
+    assert config.resolution == RESOLUTION
+    variables = jax.jit(functools.partial(models.init_generator, config))(jax.random.key(0))
+    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    return onnx_export.export_onnx(functools.partial(models.predict, config), variables, path,
+                                   resolution=config.resolution, guided=models.is_guided(config))
 
 
 @pytest.fixture(scope="module")
-def python_model(onnx_model) -> OnnxModel:
-    return OnnxModel(onnx_model, RESOLUTION)
+def python_model(onnx_model):
+    """The Python path's model: the same file, opened as `deocc_jax.infer --model=x.onnx` does."""
+    return predictors.open_predictor(onnx_model)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +122,7 @@ def photo(tmp_path_factory) -> dict:
     """The astronaut portrait with a procedural occluder drawn on, as the quickstart's demo."""
     out = tmp_path_factory.mktemp("photo")
     original_path = sample_photos.face_photo_paths()[0]
-    path = quickstart.occluded_demo_photo(original_path, str(out / "occluded.png"), seed=0,
+    path = demo_photo.occluded_demo_photo(original_path, str(out / "occluded.png"), seed=0,
                                           occluders_dir=None)
     image = infer_lib.read_rgb(path)
     original = infer_lib.read_rgb(original_path)
@@ -164,7 +132,7 @@ def photo(tmp_path_factory) -> dict:
     return {"path": path, "image": image, "occluder": occluder}
 
 
-def _write_y4m(path: str, frames: list[np.ndarray], fps: int = 10) -> str:
+def _write_y4m(path: str, frames: list[np.ndarray], fps: int = 30) -> str:
     """An uncompressed YUV 4:2:0 video: what Chromium's fake camera plays in a loop."""
     h, w = frames[0].shape[:2]
     with open(path, "wb") as f:
@@ -196,12 +164,11 @@ def server(onnx_model, web_build):
 
 @pytest.fixture(scope="module")
 def browser(chromium, camera_clip):
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=chromium, headless=True,
-            args=CHROMIUM_FLAGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            args=CHROMIUM_FLAGS + ["--use-fake-ui-for-media-stream",
+                                   "--use-fake-device-for-media-stream",
                                    f"--use-file-for-fake-video-capture={camera_clip}"])
         yield b
         b.close()
@@ -218,8 +185,7 @@ def page(browser, server):
     pg.on("request", lambda r: pg.requests.append((r.method, r.url)))
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     pg.goto(server.url)
-    pg.wait_for_function("() => window.deocc && (window.deocc.state.ready || window.deocc.state.error)",
-                         timeout=TIMEOUT_MS)
+    wait_for(pg, "window.deocc && window.deocc.state.ready")
     state = pg.evaluate("() => window.deocc.state")
     assert state["ready"], f"the page did not start: {state['error']}; errors: {pg.errors}"
     yield pg
@@ -233,9 +199,19 @@ _READ_CANVAS = """(id) => {
   const c = document.getElementById(id);
   const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
   let s = "";
-  for (let i = 0; i < d.length; i += 0x8000) s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
+  for (let i = 0; i < d.length; i += 0x8000) {
+    s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
+  }
   return [c.width, c.height, btoa(s)];
 }"""
+
+
+def wait_for(page, condition: str) -> None:
+    """Waits until a JavaScript condition holds on the page, or the page reports an error."""
+    page.wait_for_function(f"() => ({condition}) || (window.deocc && window.deocc.state.error)",
+                           timeout=TIMEOUT_MS)
+    error = page.evaluate("() => window.deocc.state.error")
+    assert not error, f"the page reports: {error}"
 
 
 def read_canvas(page, canvas_id: str) -> np.ndarray:
@@ -253,7 +229,7 @@ def drop_file(page, path: str, mime: str = "image/png") -> None:
       const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
       const dt = new DataTransfer();
       dt.items.add(new File([bytes], name, { type: mime }));
-      document.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+      document.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
     }""", [data, os.path.basename(path), mime])
 
 
@@ -261,7 +237,7 @@ def page_landmarks(last: dict) -> list[np.ndarray]:
     return [np.asarray(f, np.float32) for f in last["faces"]]
 
 
-def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model: OnnxModel,
+def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model,
                    occluder: np.ndarray | None) -> dict:
     """Checks one page frame against the Python path on the same input; returns measurements."""
     h, w = before.shape[:2]
@@ -285,9 +261,10 @@ def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model: Onn
         # Inside the occluder the restored face replaced most of it.
         frac = changed[occluder].mean()
         assert frac > 0.5, f"only {frac:.0%} of the occluder's pixels changed"
-    assert diff.max() <= SAME_LANDMARKS_MAX_DIFF and (diff > 0).mean() <= SAME_LANDMARKS_MAX_CHANGED, (
+    frac = float((diff > 0).mean())
+    assert diff.max() <= SAME_LANDMARKS_MAX_DIFF and frac <= SAME_LANDMARKS_MAX_CHANGED, (
         f"page vs Python with the same landmarks: max {diff.max()} grey levels, "
-        f"{(diff > 0).mean():.3%} of values differ")
+        f"{frac:.3%} of values differ")
     return {"max_diff": int(diff.max()), "frac_diff": float((diff > 0).mean()),
             "blended_px": int((weights > 0).sum()), "changed_px": int(changed.sum())}
 
@@ -296,7 +273,7 @@ def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model: Onn
 
 
 def test_port_matches_python_geometry(page):
-    """The page's alignment, crop (with the area pre-shrink) and blend weights are align.py's and infer_lib's."""
+    """The page's alignment, crop (area pre-shrink included) and blend weights are Python's."""
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), np.uint8), (0, 0), 2)
     lm = rng.uniform(60, 200, (478, 2)).astype(np.float32)
@@ -329,11 +306,11 @@ def test_port_matches_python_geometry(page):
 
 
 def test_photo_restored_like_python(page, photo, python_model):
+    frames = page.evaluate("() => window.deocc.state.frames")
     drop_file(page, photo["path"])
-    page.wait_for_function("() => window.deocc.state.frames >= 1 || window.deocc.state.error",
-                           timeout=TIMEOUT_MS)
+    wait_for(page, f"window.deocc.state.frames > {frames}")
     last = page.evaluate("() => window.deocc.state.last")
-    assert last and last["source"] == "photo occluded.png", page.evaluate("() => window.deocc.state")
+    assert last and last["source"] == "photo occluded.png", last
     before, after = read_canvas(page, "before"), read_canvas(page, "after")
     # The browser decoded the PNG to the same bytes OpenCV reads.
     np.testing.assert_array_equal(before, photo["image"])
@@ -355,10 +332,21 @@ def test_photo_restored_like_python(page, photo, python_model):
     assert "1 face(s)" in status and "model" in status, status
 
 
+def test_photo_without_a_face_is_shown_unchanged(page):
+    frames = page.evaluate("() => window.deocc.state.frames")
+    path = sample_photos.no_face_photo_path()
+    drop_file(page, path)
+    wait_for(page, f"window.deocc.state.frames > {frames}")
+    assert page.evaluate("() => window.deocc.state.last.faces.length") == 0
+    after = read_canvas(page, "after")
+    np.testing.assert_array_equal(after, infer_lib.read_rgb(path))
+    assert "no face found" in page.text_content("#status")
+
+
 def test_camera_restored_like_python(page, photo, python_model):
+    frames = page.evaluate("() => window.deocc.state.frames")
     page.click("#camera")
-    page.wait_for_function("() => (window.deocc.state.running && window.deocc.state.frames >= 4)"
-                           " || window.deocc.state.error", timeout=TIMEOUT_MS)
+    wait_for(page, f"window.deocc.state.running && window.deocc.state.frames >= {frames + 4}")
     page.evaluate("() => window.deocc.stopCamera()")
     state = page.evaluate("() => window.deocc.state")
     assert not state["error"] and not state["running"], state
@@ -425,14 +413,33 @@ def test_cli_serves_on_loopback_and_reports_a_busy_port(onnx_model, web_build):
             assert json.load(resp)["model"]["resolution"] == RESOLUTION
         # Nothing can be sent to it.
         with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"), timeout=10)
-        busy = subprocess.run(cmd, env=env, cwd=web.REPO, capture_output=True, text=True, timeout=60)
+            urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"),
+                                   timeout=10)
+        busy = subprocess.run(cmd, env=env, cwd=web.REPO, capture_output=True, text=True,
+                              timeout=60)
         assert busy.returncode == errors.EXIT_USER_ERROR
         assert busy.stderr.strip() == (f"error: port {port} on 127.0.0.1 is already in use; pass "
                                        "another --port (or --port=0 for any free one)"), busy.stderr
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _guided_onnx(path: str) -> str:
+    """A graph with a guided model's signature (images and masks in); it only copies them."""
+    import onnx  # only this test writes a graph by hand
+    from onnx import TensorProto as T, helper as h
+
+    r = RESOLUTION
+    graph = h.make_graph(
+        [h.make_node("Identity", ["images"], ["deoccluded"]),
+         h.make_node("Cast", ["masks"], ["mask"], to=T.FLOAT)], "guided",
+        [h.make_tensor_value_info("images", T.UINT8, ["batch", r, r, 3]),
+         h.make_tensor_value_info("masks", T.UINT8, ["batch", r, r, 1])],
+        [h.make_tensor_value_info("deoccluded", T.UINT8, ["batch", r, r, 3]),
+         h.make_tensor_value_info("mask", T.FLOAT, ["batch", r, r, 1])])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), path)
+    return path
 
 
 def test_server_errors_are_one_line(onnx_model, web_build, tmp_path):
@@ -442,6 +449,9 @@ def test_server_errors_are_one_line(onnx_model, web_build, tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(errors.InvalidInputError, match="not an ONNX model"):
         web.PageServer(str(bad), port=0)
+    guided = _guided_onnx(str(tmp_path / "guided.onnx"))
+    with pytest.raises(errors.InvalidInputError, match="a guided model"):
+        web.PageServer(guided, port=0)
     # A web/ folder whose page was never built names the build command.
     unbuilt = tmp_path / "web"
     shutil.copytree(web.WEB_DIR, unbuilt, ignore=shutil.ignore_patterns("node_modules", "dist"))
