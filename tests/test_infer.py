@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from deocc_jax import infer_lib, predictors, sample_photos, video
+from deocc_jax import infer_lib, predictors, sample_photos
 from deocc_jax.faces import FaceAnalyzer, align
+from deocc_jax.io import video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
