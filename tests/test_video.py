@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deocc_jax import errors
-from deocc_jax.io import video
+from deocc_jax.io import progress, video
 
 RATE = fractions.Fraction(30000, 1001)  # NTSC: a rate that is not an integer
 
@@ -139,6 +139,9 @@ def test_truncated_video_reports_frames_decoded_vs_expected(tmp_path):
         assert r.truncation.startswith(f"{cut}: decoded {n} of 40 frames")
     with video.VideoReader(src) as r:
         assert sum(1 for _ in r.timed_frames()) == 40 and r.truncation is None
+    with video.VideoReader(str(cut)) as r:  # stopping early is not a truncation
+        next(r.timed_frames())
+        assert r.truncation is None
 
 
 def test_rotation_metadata_is_applied(tmp_path):
@@ -215,3 +218,14 @@ def test_camera_that_stops_delivering_frames_is_reported():
     assert 1 <= len(got) <= 5
     assert all(b.time_s > a.time_s for a, b in zip(got, got[1:]))
     assert fake.released.is_set()
+
+
+def test_progress_bar_shows_rate_and_eta_unless_quiet(capsys):
+    with progress.bar(total=4, desc="clip.mp4", force=True) as bar:
+        for _ in range(4):
+            bar.update()
+    err = capsys.readouterr().err
+    assert "clip.mp4" in err and "4/4" in err and "<" in err  # elapsed<remaining (the ETA)
+    with progress.bar(total=4, desc="quiet.mp4", force=True, quiet=True) as bar:
+        bar.update(4)
+    assert "quiet.mp4" not in capsys.readouterr().err

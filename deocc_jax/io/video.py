@@ -278,6 +278,7 @@ class VideoReader:
         self.source = source
         self.frames_decoded = 0
         self.decode_error: str | None = None
+        self.exhausted = False  # the file's frames were read to the end
         self._container = None
         self._camera: _CameraThread | None = None
         self._first_timeout = camera_first_frame_timeout_s
@@ -380,6 +381,7 @@ class VideoReader:
             item = pending if pending is not None else next(frames, None)
             pending = None
             if item is None:
+                self.exhausted = True
                 return
             t, rgb = item
             if t is None:  # no timestamp in the container (raw streams)
@@ -425,9 +427,10 @@ class VideoReader:
     def truncation(self) -> str | None:
         """One line when fewer frames were decoded than the file declares, else None.
 
-        Meaningful once the frames have been read to the end.
+        None too until the frames have been read to the end (a caller that
+        stops early has not found the file short).
         """
-        if self._camera is not None:
+        if self._camera is not None or not self.exhausted:
             return None
         expected = self.info.frame_count
         # Containers without a frame count give an estimate from the duration:

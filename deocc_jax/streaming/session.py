@@ -183,7 +183,8 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
             log(f"MJPEG stream: {server.url}{where}")
         if opts.output:
             audio = None if source.is_camera or not info.audio_streams else opts.input
-            sinks.append(sinks_lib.FileSink(opts.output, info, audio_from=audio))
+            sinks.append(sinks_lib.FileSink(opts.output, info, audio_from=audio,
+                                            lossless=not source.realtime))
         lossless = not source.realtime
         pipe = LivePipeline(source, model, sinks, PipelineOptions(
             lossless=lossless, tracker=opts.tracker, stabilizer=opts.stabilizer,
@@ -223,7 +224,14 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
     report = {"input": opts.input, "mode": mode, "source_fps": info.fps, "model": model.description,
               "stopped_by_user": stopped_by_user, "truncation": source.truncation,
               "outputs": {**started, "file": opts.output}, **snap}
+    file_sink = next((k for k in sinks if isinstance(k, sinks_lib.FileSink)), None)
+    if file_sink is not None:
+        report["file_frames_written"] = file_sink.frames_written
+        report["file_frames_not_recorded"] = file_sink.dropped
     log(f"live: {stats_lib.format_line(snap)}")
+    if file_sink is not None and file_sink.dropped:
+        log(f"{opts.output}: {file_sink.dropped} output frames were not recorded (the encoder fell "
+            "behind); the stream and virtual camera got them")
     if source.truncation:
         log(source.truncation)
     if opts.output:
