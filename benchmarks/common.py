@@ -81,11 +81,13 @@ def code_state() -> dict[str, Any]:
                                if line[:2].strip() == "M"]}
 
 
-def load_config(name: str, resolution: int, batch_size: int, data_dir: str = ""):
-    """configs/<name>.py at `resolution` and `batch_size`, as `deocc_jax.train` would run it."""
+def load_config(name: str, resolution: int, batch_size: int, data_dir: str = "",
+                arg: str | None = None):
+    """configs/<name>.py (its `get_config(arg)`) at `resolution` and `batch_size`, as
+    `deocc_jax.train --config=configs/<name>.py[:arg]` would run it."""
     import importlib
 
-    config = importlib.import_module(f"configs.{name}").get_config()
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
     config.resolution = resolution
     config.batch_size = batch_size
     config.data_dir = data_dir

@@ -13,8 +13,9 @@ Measures, on a data set prepared from real photos (`data_prep.build_dataset`, bu
    `config.data.num_threads` = each of --threads, after warm-up, and the process CPU time it
    used, giving images per CPU-second (the per-core rate, whatever the thread count);
 3. images/s of one jitted training step of each --configs at the same resolution and batch
-   (`train_lib.build_setup`, a real batch from the pipeline, median of --step_repeats) and of the
-   same step fed by the pipeline, as the training loop runs it (next batch, put, step).
+   (`train_lib.build_setup`, the trainer's own set-up; a real batch from the pipeline, median of
+   --step_repeats) and of the same step fed by the pipeline, as the training loop runs it (next
+   batch, `sharding.put_batch`, step).
 
 The headroom `pipeline / step` says how many times faster the input is than its consumer; the
 cores the input needs are `step images/s / per-core images/s`.
@@ -27,12 +28,17 @@ import statistics
 import sys
 import time
 
+import grain
+import jax
+import numpy as np
 from absl import app, flags
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from deocc_jax import sharding, train_lib  # noqa: E402
+from deocc_jax.data import features, input_pipeline  # noqa: E402
 
 
 def define_flags() -> None:
@@ -62,11 +68,6 @@ def pipeline_config(data_dir: str, resolution: int, batch_size: int, threads: in
 
 def stage_costs(data_dir: str, split: str, n: int, config) -> dict[str, float]:
     """Median single-thread milliseconds per example of read, decode and augment."""
-    import grain
-    import numpy as np
-
-    from deocc_jax.data import features, input_pipeline
-
     source = grain.sources.ArrayRecordDataSource(features.list_shards(data_dir, split))
     n = min(n, len(source))
     rng = np.random.default_rng(0)
@@ -94,8 +95,6 @@ def stage_costs(data_dir: str, split: str, n: int, config) -> dict[str, float]:
 
 def time_pipeline(config, batches: int, warmup: int) -> dict[str, float]:
     """images/s and images per CPU-second of make_train_iterator after `warmup` batches."""
-    from deocc_jax.data import input_pipeline
-
     it = input_pipeline.make_train_iterator(config, process_index=0, process_count=1)
     for _ in range(warmup):
         next(it)
@@ -113,18 +112,13 @@ def time_pipeline(config, batches: int, warmup: int) -> dict[str, float]:
 
 def time_train_step(config_name: str, data_config, repeats: int) -> dict[str, float]:
     """Images/s of the jitted train step on a fixed real batch, and fed by the pipeline."""
-    import jax
-
-    from deocc_jax import train_lib
-    from deocc_jax.data import input_pipeline
-
     config = pipeline_config(data_config.data_dir, data_config.resolution, data_config.batch_size,
                              data_config.data.num_threads, config_name)
     config.data.num_threads = data_config.data.num_threads
     setup = train_lib.build_setup(config)
     state = setup.init()
     it = input_pipeline.make_train_iterator(config, process_index=0, process_count=1)
-    batch = train_lib.put_batch(setup, next(it))
+    batch = sharding.put_batch(setup.mesh, next(it))
     t0 = time.perf_counter()
     compiled = setup.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -143,7 +137,7 @@ def time_train_step(config_name: str, data_config, repeats: int) -> dict[str, fl
     fed = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        step(train_lib.put_batch(setup, next(it)))
+        step(sharding.put_batch(setup.mesh, next(it)))
         fed.append(time.perf_counter() - t0)
     bs = config.batch_size
     return {"config": config_name, "compile_s": compile_s,
@@ -157,8 +151,6 @@ def run_benchmark(data_dir: str, resolution: int, batch_size: int, threads: list
                   batches: int, warmup: int, stage_examples: int, configs: list[str],
                   step_repeats: int) -> dict:
     """Times the stages, the pipeline per thread count and each config's step; the record."""
-    from deocc_jax.data import features
-
     load_start = os.getloadavg()[0]
     info = features.read_dataset_info(data_dir)
     base = pipeline_config(data_dir, resolution, batch_size, 1)

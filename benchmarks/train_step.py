@@ -1,69 +1,86 @@
-r"""Training-step throughput: our JAX pix2pix against the PyTorch reference, or deocc alone.
+r"""Training-step throughput: the project's JAX step against the PyTorch pix2pix reference.
 
   python -m benchmarks.train_step --resolution=128 --batch_size=1 --output=benchmarks/results/x.json
   python -m benchmarks.train_step --config=deocc --resolution=128 --batch_size=8 --output=...
+  python -m benchmarks.train_step --config=tiny --resolution=32 --batch_size=2 --repeats=2  # smoke
 
-`--config=pix2pix` (default) times one full GAN training step (G forward, D forward/backward/
-update on fake and real, G backward through D + L1, G update) of the project's `pix2pix` config
-(`configs/pix2pix.py` through `deocc_jax.train_lib.build_setup`) and of the same architecture,
-losses, batch and resolution in PyTorch (`benchmarks/torch_pix2pix.py`, the junyanz reference),
-alternating the two in this one process after warm-up, and reports medians, the ratio
-JAX/PyTorch in images per second, and the JAX compile time separately. `--config=deocc` times the
-JAX step alone and reports FLOPs per image (XLA's cost analysis of the compiled step).
-`--impl=scratch` times `benchmarks/jax_pix2pix_scratch.py` instead of the project's model (the
-formulation study). On a GPU it also reports achieved TFLOP/s and model FLOPs utilisation.
+Times one full GAN training step of `configs/<--config>.py` as the trainer runs it: the networks
+of `deocc_jax.models`, the step of `deocc_jax.steps.train_step` (G forward, D and G gradients from
+one forward pass, both Adam updates), jitted with the state donated and laid out on a mesh of
+every device the way `train_lib.build_setup` does (`project_step`). Only `steps`, `models` and
+`sharding` are imported, none of which imports TensorFlow, clu, MediaPipe, grain or orbax, so the
+same code runs on a bare GPU image.
+
+With `--config=pix2pix` (default) and `--torch` (default) it also times the PyTorch reference
+(`benchmarks/torch_pix2pix.py`, the junyanz model: same architecture, losses, batch and
+resolution; CUDA when JAX runs on a GPU), alternating the two in this one process after warm-up
+so that both see the same background load, and reports medians, the ratio JAX/PyTorch in images
+per second and the JAX compile time separately. Other configs time the JAX step alone. Always
+reported: FLOPs per image (XLA's cost analysis of the step); on a GPU also achieved TFLOP/s and
+model FLOPs utilisation.
+
+`--conv_impl` (matmul | xla_conv; default: the config's, "auto") and `--matmul_precision`
+(jax.default_matmul_precision around compilation) compare the two convolution formulations and
+TF32 against full float32 on a GPU (docs/speed.md).
 
 XLA reads XLA_FLAGS once, when jax starts a backend, so `--xla_flags` (and the project's CPU
-flags, `--project_xla_flags`) are put into the environment before jax is imported.
+flags, `--project_xla_flags`) are put into the environment in `main` before jax is imported:
+that is why jax and deocc_jax are imported inside the functions of this binary.
 Writes one JSON file and prints a one-line summary.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app, flags
 
-from benchmarks import common
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_CONFIG = flags.DEFINE_enum("config", "pix2pix", ["pix2pix", "deocc"], "Model config to time.")
-_IMPL = flags.DEFINE_enum("impl", "project", ["project", "scratch"],
-                          "project: configs/<config>.py via train_lib; scratch: the formulation study.")
-_RESOLUTION = flags.DEFINE_integer("resolution", 128, "Image size (square).")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Images per step (pix2pix's default is 1).")
-_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed steps per framework (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compilation.")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both frameworks; 0: all cores "
-                                "available to this process.")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch reference (pix2pix only).")
-_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for this run.")
-_PROJECT_FLAGS = flags.DEFINE_bool("project_xla_flags", True,
-                                   "Apply the CPU XLA flags the project trains with.")
-_SCRATCH = flags.DEFINE_string("scratch_options", "",
-                               "Options for --impl=scratch, e.g. 'down=s2d_mm,up=subpixel_mm'.")
-_OUTPUT = flags.DEFINE_string("output", "", "JSON file to write.")
+from benchmarks import common  # noqa: E402  (imports no jax)
 
-# The CPU flags the project trains with; benchmarks/README.md records why (attempts table).
+# The CPU flags the project trains with: none helped (docs/speed.md, "What did not").
 PROJECT_CPU_XLA_FLAGS: tuple[str, ...] = ()
 
-# Dense peak FLOP/s per chip for MFU (vendor datasheets). fp32 models on NVIDIA GPUs run their
+# Dense peak FLOP/s per chip for MFU (vendor datasheets). float32 models on NVIDIA GPUs run their
 # convolutions and matmuls on TF32 tensor cores under XLA's default precision.
 PEAK_TFLOPS = {
     ("H100", "float32"): 494.7, ("H100", "bfloat16"): 989.4,
     ("H200", "float32"): 494.7, ("H200", "bfloat16"): 989.4,
     ("A100", "float32"): 156.0, ("A100", "bfloat16"): 312.0,
 }
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
-def _set_xla_flags(extra: str, project: bool) -> str:
-    """Adds flags to XLA_FLAGS; must run before jax is imported."""
+def define_flags() -> None:
+    """The binary's absl flags (defined only when run as a program, so that importing this
+    module next to other benchmarks and tests defines no flags)."""
+    flags.DEFINE_string("config", "pix2pix", "configs/<name>.py to time, optionally NAME:ARG "
+                        "(e.g. deocc:runlocal).")
+    flags.DEFINE_integer("resolution", 128, "Image size (square, a power of two >= 32).")
+    flags.DEFINE_integer("batch_size", 1, "Images per step (pix2pix's default is 1).")
+    flags.DEFINE_integer("repeats", 7, "Timed steps per framework (median reported).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compilation.")
+    flags.DEFINE_integer("threads", 0, "CPU threads for torch; 0: all cores available to this "
+                         "process (XLA:CPU sizes its pool to the same cores).")
+    flags.DEFINE_bool("torch", True, "Also time the PyTorch reference (pix2pix only; needs "
+                      "requirements-bench.txt).")
+    flags.DEFINE_enum("conv_impl", "", ["", "auto", "matmul", "xla_conv"],
+                      "Override config.model.conv_impl ('' = the config's).")
+    flags.DEFINE_enum("matmul_precision", "default", list(MATMUL_PRECISIONS),
+                      "jax.default_matmul_precision for the JAX step (GPU: highest = no TF32).")
+    flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for this run.")
+    flags.DEFINE_bool("project_xla_flags", True, "Apply the CPU XLA flags the project trains with.")
+    flags.DEFINE_string("output", "", "JSON file to write.")
+
+
+def set_xla_flags(extra: str, project: bool) -> str:
+    """Adds flags to XLA_FLAGS; must run before jax starts a backend."""
     parts = os.environ.get("XLA_FLAGS", "").split()
     if project:
         parts += list(PROJECT_CPU_XLA_FLAGS)
@@ -76,16 +93,25 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def machine_info(threads: int) -> dict:
-    """Where the numbers come from (benchmarks.common.machine_info), plus the thread count."""
-    return {**common.machine_info(), "threads": threads}
+def project_config(spec: str, res: int, bs: int, conv_impl: str = ""):
+    """configs/<name>.py (spec "name" or "name:arg") at `res` x `res` and batch `bs`.
+
+    pix2pix follows the reference: unet_128 (7 levels, 2 dropout levels) at 128 px, unet_256 at
+    256, i.e. U-Net depth log2(res) with dropout on the depth - 5 levels above the innermost.
+    """
+    name, _, arg = spec.partition(":")
+    config = common.load_config(name, res, bs, arg=arg or None)
+    if name == "pix2pix":
+        depth = res.bit_length() - 1
+        config.model.generator.depth = depth
+        config.model.generator.dropout_levels = max(depth - 5, 0)
+    if conv_impl:
+        config.model.conv_impl = conv_impl
+    return config
 
 
-# -----------------------------------------------------------------------------------------------
-# The timed step functions. Each builder returns a zero-argument callable that runs one training
-# step to completion, plus facts about the model.
-
-def _uint8_batch(res: int, bs: int, seed: int = 0) -> dict:
+def uint8_batch(res: int, bs: int, seed: int = 0) -> dict:
+    """A seeded random batch in the trainer's format: a dense conv net costs the same on any pixels."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -98,42 +124,55 @@ def _uint8_batch(res: int, bs: int, seed: int = 0) -> dict:
     return {"clean": clean, "occluded": occluded, "mask": mask}
 
 
-def project_config(name: str, res: int, bs: int):
-    """configs/<name>.py at `res` x `res` and batch `bs`, as trained by train_lib."""
-    import importlib
-
-    config = importlib.import_module(f"configs.{name}").get_config()
-    config.resolution = res
-    config.batch_size = bs
-    if name == "pix2pix":
-        # The reference uses unet_128 (7 levels, 2 dropout levels) at 128 px and unet_256 at 256:
-        # U-Net depth log2(res), dropout on the depth - 5 levels above the innermost.
-        depth = res.bit_length() - 1
-        config.model.generator.depth = depth
-        config.model.generator.dropout_levels = max(depth - 5, 0)
-    return config
-
-
 def _count(tree) -> int:
     import jax
 
     return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def build_project_step(name: str, res: int, bs: int) -> tuple[Callable, dict]:
-    """The project's jitted train step for configs/<name>.py on this process's devices."""
+def project_step(config, mesh=None):
+    """The trainer's jitted step and a fresh state for `config`, as `train_lib.build_setup` lays
+    them out: state sharded by `sharding.param_sharding_rule`, batch split over the mesh's
+    "data" axis, state donated, parameter init with an "rbg" key.
+
+    Returns:
+      (jitted step(state, batch) -> (state, metrics), initial state, mesh).
+    """
+    import functools
+
     import jax
 
-    from deocc_jax import train_lib
+    from deocc_jax import sharding, steps
 
-    config = project_config(name, res, bs)
-    setup = train_lib.build_setup(config)
-    state = setup.init()
-    batch = train_lib.put_batch(setup, _uint8_batch(res, bs)) if hasattr(train_lib, "put_batch") \
-        else jax.device_put(_uint8_batch(res, bs))
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    sharding.check_batch_size(config.batch_size, mesh, "--batch_size")
+    modules, _ = steps.build_modules(config)
+    init_fn = functools.partial(steps.init_state, config, modules)
+    rng = jax.random.key(config.seed, impl="rbg")
+    state_sharding = jax.tree.map(
+        sharding.param_sharding_rule(mesh, config.get("fsdp_min_params", 0)),
+        jax.eval_shape(init_fn, rng))
+    step = jax.jit(functools.partial(steps.train_step, config=config, modules=modules),
+                   in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    return step, state, mesh
+
+
+def build_project_step(config, matmul_precision: str = "default") -> tuple[Callable, dict]:
+    """A zero-argument callable running one training step of `config` to completion, and facts."""
+    import jax
+
+    from deocc_jax import models, sharding
+    from deocc_jax.models import layers
+
+    step, state, mesh = project_step(config)
+    batch = sharding.put_batch(mesh, uint8_batch(config.resolution, config.batch_size))
+    precision = None if matmul_precision == "default" else matmul_precision
     t0 = time.perf_counter()
-    lowered = setup.train_step.lower(state, batch)
-    compiled = lowered.compile()
+    with jax.default_matmul_precision(precision):
+        lowered = step.lower(state, batch)
+        compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     holder = {"state": state}
 
@@ -141,43 +180,13 @@ def build_project_step(name: str, res: int, bs: int) -> tuple[Callable, dict]:
         holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready((holder["state"], metrics))
 
-    facts = {"compile_s": compile_s, "flops_per_step": _flops(lowered),
-             "g_params": _count(state.g_params),
-             "d_params": _count(state.d_params) if state.d_params is not None else 0}
-    return run, facts
-
-
-def build_scratch_step(res: int, bs: int, options: str) -> tuple[Callable, dict]:
-    """The formulation-study model (benchmarks/jax_pix2pix_scratch.py)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from benchmarks import jax_pix2pix_scratch as S
-
-    kwargs = {}
-    for item in filter(None, options.split(",")):
-        k, v = item.split("=")
-        kwargs[k] = {"True": True, "False": False}.get(v, v)
-    opts = S.Options(**kwargs)
-    g, d, tx, state = S.create(res, opts)
-    step = S.make_train_step(g, d, tx, opts)
-    b = _uint8_batch(res, bs)
-    a_img = jnp.asarray(b["occluded"].astype(np.float32) / 127.5 - 1)
-    b_img = jnp.asarray(b["clean"].astype(np.float32) / 127.5 - 1)
-    t0 = time.perf_counter()
-    lowered = step.lower(state, a_img, b_img)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], a_img, b_img)
-        jax.block_until_ready((holder["state"], metrics))
-
     return run, {"compile_s": compile_s, "flops_per_step": _flops(lowered),
-                 "g_params": _count(state["g_params"]), "d_params": _count(state["d_params"]),
-                 "scratch_options": str(opts)}
+                 "g_params": _count(state.g.params),
+                 "d_params": _count(state.d.params) if state.d is not None else 0,
+                 "devices": int(mesh.devices.size),
+                 # "auto" resolved: what this backend actually computes.
+                 "conv_impl": layers.resolve_conv_impl(models.conv_impl(config)),
+                 "compute_dtype": str(models.compute_dtype(config))}
 
 
 def _flops(lowered) -> float | None:
@@ -196,7 +205,12 @@ def build_torch_step(res: int, bs: int, threads: int) -> tuple[Callable, dict]:
     """The PyTorch reference step (CPU, or CUDA when jax runs on a GPU and torch sees one)."""
     import jax
     import numpy as np
-    import torch
+
+    try:
+        import torch  # benchmarks only: requirements-bench.txt
+    except ImportError:
+        raise SystemExit("benchmarks.train_step: torch is not installed; pip install -r "
+                         "requirements-bench.txt (CPU build), or pass --notorch") from None
 
     from benchmarks.torch_pix2pix import Pix2PixTorch
 
@@ -209,8 +223,11 @@ def build_torch_step(res: int, bs: int, threads: int) -> tuple[Callable, dict]:
     # them after the move keeps the reference's hyper-parameters.
     model.opt_g = torch.optim.Adam(model.net_g.parameters(), lr=model.lr, betas=(model.beta1, 0.999))
     model.opt_d = torch.optim.Adam(model.net_d.parameters(), lr=model.lr, betas=(model.beta1, 0.999))
-    b = _uint8_batch(res, bs)
-    to_t = lambda x: torch.from_numpy(x.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1).to(device)
+    b = uint8_batch(res, bs)
+
+    def to_t(x):
+        return torch.from_numpy(x.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1).to(device)
+
     real_a, real_b = to_t(b["occluded"]), to_t(b["clean"])
 
     def run():
@@ -238,15 +255,16 @@ def time_alternating(runs: dict[str, Callable], warmup: int, repeats: int) -> di
     return times
 
 
-def _peak_tflops(device_kind: str, dtype: str) -> float | None:
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
     for (name, dt), peak in PEAK_TFLOPS.items():
         if name in device_kind and dt == dtype:
             return peak
     return None
 
 
-def run_benchmark(config: str, impl: str, res: int, bs: int, repeats: int, warmup: int,
-                  threads: int, with_torch: bool, scratch_options: str = "") -> dict:
+def run_benchmark(config_spec: str, res: int, bs: int, repeats: int, warmup: int, threads: int,
+                  with_torch: bool, conv_impl: str = "",
+                  matmul_precision: str = "default") -> dict[str, Any]:
     """Builds, warms up and times the steps; returns the result record."""
     import jax
 
@@ -254,43 +272,44 @@ def run_benchmark(config: str, impl: str, res: int, bs: int, repeats: int, warmu
         raise ValueError(f"--resolution must be a power of two >= 32, got {res}")
     if bs < 1:
         raise ValueError(f"--batch_size must be >= 1, got {bs}")
-    if config == "deocc" and impl == "scratch":
-        raise ValueError("--impl=scratch only implements pix2pix")
-    if impl == "scratch":
-        jax_run, jax_facts = build_scratch_step(res, bs, scratch_options)
-    else:
-        jax_run, jax_facts = build_project_step(config, res, bs)
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"--matmul_precision must be one of {MATMUL_PRECISIONS}")
+    with_torch = with_torch and config_spec.partition(":")[0] == "pix2pix"
+    if with_torch and res < 64:
+        raise ValueError(f"--resolution={res}: the PyTorch reference needs >= 64 (or --notorch)")
+    config = project_config(config_spec, res, bs, conv_impl)
+    jax_run, jax_facts = build_project_step(config, matmul_precision)
     runs = {"jax": jax_run}
     torch_facts = {}
-    if with_torch and config == "pix2pix":
+    if with_torch:
         torch_run, torch_facts = build_torch_step(res, bs, threads)
         runs["torch"] = torch_run
     load_start = os.getloadavg()[0]
     times = time_alternating(runs, warmup, repeats)
     load_end = os.getloadavg()[0]
     jax_s = statistics.median(times["jax"])
+    flops = jax_facts["flops_per_step"]
     rec = {
-        "benchmark": "train_step", "config": config, "impl": impl, "resolution": res,
-        "batch_size": bs, "repeats": repeats, "warmup": warmup,
+        "benchmark": "train_step", "config": config_spec, "resolution": res, "batch_size": bs,
+        "repeats": repeats, "warmup": warmup, "conv_impl": jax_facts["conv_impl"],
+        "matmul_precision": matmul_precision, "compute_dtype": jax_facts["compute_dtype"],
+        "devices": jax_facts["devices"],
         "jax_step_s": jax_s, "jax_images_per_s": bs / jax_s, "jax_step_s_all": times["jax"],
         "compile_s": jax_facts["compile_s"],
         "jax_g_params": jax_facts["g_params"], "jax_d_params": jax_facts["d_params"],
-        "flops_per_step": jax_facts["flops_per_step"],
-        "flops_per_image": jax_facts["flops_per_step"] / bs if jax_facts["flops_per_step"] else None,
-        "machine": machine_info(threads),
+        "flops_per_step": flops, "flops_per_image": flops / bs if flops else None,
+        "machine": {**common.machine_info(), "threads": threads},
+        "code": common.code_state(),
         # Other processes on the same cores slow both frameworks, torch's OpenMP threads much more
         # than XLA's: compare figures taken at similar, low load.
         "load_average_1m": [load_start, load_end],
     }
-    if "scratch_options" in jax_facts:
-        rec["scratch_options"] = jax_facts["scratch_options"]
-    if rec["flops_per_step"]:
-        rec["jax_achieved_tflops"] = rec["flops_per_step"] / jax_s / 1e12
+    if flops:
+        rec["jax_achieved_tflops"] = flops / jax_s / 1e12
         if jax.default_backend() == "gpu":
-            dtype = "float32"
-            if impl == "project":
-                dtype = project_config(config, res, bs).model.get("compute_dtype", "float32")
-            peak = _peak_tflops(rec["machine"]["jax_device"], dtype)
+            peak = peak_tflops(rec["machine"]["jax_device"], jax_facts["compute_dtype"])
             rec["peak_tflops"] = peak
             rec["mfu"] = rec["jax_achieved_tflops"] / peak if peak else None
     if "torch" in times:
@@ -298,7 +317,8 @@ def run_benchmark(config: str, impl: str, res: int, bs: int, repeats: int, warmu
         rec.update({"torch_step_s": torch_s, "torch_images_per_s": bs / torch_s,
                     "torch_step_s_all": times["torch"], "ratio": torch_s / jax_s,
                     "ratio_of_best": min(times["torch"]) / min(times["jax"]),
-                    "torch_g_params": torch_facts["g_params"], "torch_d_params": torch_facts["d_params"],
+                    "torch_g_params": torch_facts["g_params"],
+                    "torch_d_params": torch_facts["d_params"],
                     "torch_version": torch_facts["torch_version"],
                     "torch_device": torch_facts["torch_device"],
                     "torch_threads": torch_facts["torch_threads"]})
@@ -306,8 +326,9 @@ def run_benchmark(config: str, impl: str, res: int, bs: int, repeats: int, warmu
 
 
 def summary_line(rec: dict) -> str:
-    s = (f"train_step {rec['config']}/{rec['impl']} {rec['resolution']}px bs{rec['batch_size']}: "
-         f"jax {rec['jax_images_per_s']:.3f} img/s (compile {rec['compile_s']:.1f} s)")
+    s = (f"train_step {rec['config']} ({rec['conv_impl']}) {rec['resolution']}px "
+         f"bs{rec['batch_size']}: jax {rec['jax_images_per_s']:.3f} img/s "
+         f"(compile {rec['compile_s']:.1f} s)")
     if "torch_images_per_s" in rec:
         s += f", torch {rec['torch_images_per_s']:.3f} img/s, ratio jax/torch {rec['ratio']:.2f}"
     if rec.get("flops_per_image"):
@@ -319,17 +340,17 @@ def summary_line(rec: dict) -> str:
 
 def main(argv):
     del argv
-    _set_xla_flags(_XLA_FLAGS.value, _PROJECT_FLAGS.value)
-    threads = _THREADS.value or available_cores()
-    rec = run_benchmark(_CONFIG.value, _IMPL.value, _RESOLUTION.value, _BATCH.value,
-                        _REPEATS.value, _WARMUP.value, threads, _TORCH.value, _SCRATCH.value)
-    if _OUTPUT.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-        with open(_OUTPUT.value, "w") as f:
-            json.dump(rec, f, indent=2)
+    F = flags.FLAGS
+    set_xla_flags(F.xla_flags, F.project_xla_flags)
+    threads = F.threads or available_cores()
+    rec = run_benchmark(F.config, F.resolution, F.batch_size, F.repeats, F.warmup, threads,
+                        F.torch, F.conv_impl, F.matmul_precision)
+    rec["command"] = " ".join(["python -m benchmarks.train_step"] + sys.argv[1:])
+    if F.output:
+        common.write_json(F.output, rec)
     print(summary_line(rec))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    define_flags()
     app.run(main)
