@@ -6,28 +6,60 @@ DirectRunner (all cores) by default; any other Beam flag (--runner,
 --direct_num_workers, Dataflow's --project/--region/--temp_location, ...) is
 passed to Beam unchanged.
 
-Example:
+Safety (local output folders):
+  * flags are checked before any photo is read; a mistake is one line, exit 2;
+  * the dataset is written into a hidden sibling folder
+    (`.NAME.building-XXXX`, marked by `_BUILDING.json`) and renamed into place
+    only when complete, so `--overwrite` replaces an old dataset only by a
+    finished new one, and a killed build leaves the old one untouched (its
+    leftovers are recognised, and removed by the next build);
+  * a lock (`.NAME.lock`, held with flock for the build's lifetime, released
+    by the kernel if the process dies) makes a second build into the same
+    folder refuse with a message naming the first.
+
+Example (see data_prep/README.md for the reference data set):
   python -m data_prep.build --input=../shared/data/faces --output_dir=/tmp/deocc_data \
       --resolution=128 --variants_per_face=4 --occluders_dir=../shared/occluders
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import glob
 import json
 import logging
 import os
+import shutil
+import socket
+import sys
+import tempfile
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
-from absl import app, flags
+import apache_beam as beam
+from absl import flags
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_prep import decode, pipeline, synth
+from data_prep import config as config_lib
+from data_prep import occluders, pipeline, sources, synth
+from deocc_jax import assets, errors
+from deocc_jax.data import features
+
+PrepConfig = config_lib.PrepConfig
 
 _OUTPUT_PATTERNS = (".tfrecord-", ".array_record-")
-_METADATA = ("dataset_info.json", "rejected.tsv", pipeline.CONTACT_SHEET)
+_METADATA = (features.DATASET_INFO, "rejected.tsv", pipeline.CONTACT_SHEET, features.BUILDING_MARKER)
 # Below this many photos DirectRunner runs in-process: starting a worker per
 # core (each loading TensorFlow and MediaPipe) costs more than the work.
 SMALL_INPUT = 64
+
+
+class OutputLockedError(errors.OutputExistsError):
+    """Another build is writing the same output folder."""
 
 
 def _flag_value(args: Sequence[str], name: str) -> str | None:
@@ -58,111 +90,308 @@ def default_pipeline_args(pipeline_args: Sequence[str], num_sources: int) -> lis
     return args
 
 
-def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-    from apache_beam.io.filesystems import FileSystems
-    existing = []
+# ----------------------------------------------------------------------------
+# Configuration.
+# ----------------------------------------------------------------------------
+
+def make_config(**overrides: Any) -> PrepConfig:
+    """PrepConfig from keyword overrides, accepting the flags' string forms.
+
+    `splits` and `category_weights` may be the strings the flags take
+    ("train=0.9,...", "face_mask=3,..."), `jpeg_quality` "LOW,HIGH".
+
+    Raises:
+      errors.InvalidInputError: an unknown field or a bad value (named).
+    """
+    names = {f.name for f in dataclasses.fields(PrepConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise errors.InvalidInputError(f"unknown data-prep option(s) {unknown}; known: {sorted(names)}")
+    o = {k: v for k, v in overrides.items() if v is not None or k in (
+        "occluders_dir", "group_by", "clean_dir", "landmarker_model")}
+    if isinstance(o.get("splits"), str):
+        o["splits"] = config_lib.parse_splits(o["splits"])
+    if "category_weights" in o:
+        w = o["category_weights"]
+        try:
+            w = synth.parse_weights(w) if isinstance(w, str) or w is None else dict(w)
+        except ValueError as e:
+            raise errors.InvalidInputError(f"--category_weights: {e}") from None
+        o["category_weights"] = tuple(sorted(w.items()))
+    if isinstance(o.get("jpeg_quality"), str):
+        try:
+            lo, hi = (int(x) for x in o["jpeg_quality"].split(","))
+        except ValueError:
+            raise errors.InvalidInputError(
+                f"--jpeg_quality: expected LOW,HIGH such as 50,95, got {o['jpeg_quality']!r}") from None
+        o["jpeg_quality"] = (lo, hi)
+    if "jpeg_quality" in o:
+        o["jpeg_quality"] = tuple(int(x) for x in o["jpeg_quality"])
+    c = PrepConfig(**o)
+    config_lib.validate(c)
+    return c
+
+
+def _check_paths(inputs: Sequence[str], output_dir: str, c: PrepConfig, num_shards: int | None) -> None:
+    """Every flag that names a file, checked before anything is read or written."""
+    if num_shards is not None and num_shards < 1:
+        raise errors.InvalidInputError(f"--num_shards: must be a positive number of shards per split, "
+                                       f"got {num_shards}")
+    if not output_dir:
+        raise errors.InvalidInputError("--output_dir: required")
+    if c.occluders_dir and not os.path.isdir(c.occluders_dir) and "://" not in c.occluders_dir:
+        raise errors.InputNotFoundError(f"--occluders_dir {c.occluders_dir!r} does not exist")
+    if c.clean_dir and not os.path.isdir(c.clean_dir) and "://" not in c.clean_dir:
+        raise errors.InputNotFoundError(f"--clean_dir {c.clean_dir!r} does not exist")
+    if "://" in output_dir:
+        return
+    out = os.path.realpath(output_dir)
+    for spec in list(inputs) + [c.clean_dir or ""]:
+        if not spec or spec.startswith("tfds:") or "://" in spec:
+            continue
+        root = os.path.realpath(sources._split_glob(spec)[0])
+        if out == root or out.startswith(root + os.sep):
+            raise errors.OutputExistsError(
+                f"--output_dir {output_dir!r} is inside the input {spec!r}; a later build would "
+                "read its shards as photos: choose a folder outside the input")
+        if root.startswith(out + os.sep):
+            raise errors.OutputExistsError(
+                f"--output_dir {output_dir!r} contains the input {spec!r}; replacing it would "
+                "delete the photos: choose another folder")
+
+
+def _existing_dataset(output_dir: str) -> list[str]:
+    """Names of dataset files in output_dir; raises if it holds anything else."""
+    if not os.path.isdir(output_dir):
+        if os.path.exists(output_dir):
+            raise errors.OutputExistsError(f"--output_dir {output_dir!r} exists and is not a folder")
+        return []
+    names = sorted(os.listdir(output_dir))
+    ours = [n for n in names if any(p in n for p in _OUTPUT_PATTERNS) or n in _METADATA]
+    other = [n for n in names if n not in ours]
+    if other:
+        raise errors.OutputExistsError(
+            f"--output_dir {output_dir!r} holds files that are not part of a deocc dataset (e.g. "
+            f"{other[0]!r}); choose an empty or new folder")
+    return ours
+
+
+# ----------------------------------------------------------------------------
+# Output folder: lock, build into a sibling, replace only when complete.
+# ----------------------------------------------------------------------------
+
+def lock_path(output_dir: str) -> str:
+    parent, name = os.path.split(os.path.normpath(os.path.abspath(output_dir)))
+    return os.path.join(parent, f".{name}.lock")
+
+
+def _holder() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)}
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str):
+    """Holds the build lock of `output_dir` (flock: released if the process dies).
+
+    Raises:
+      OutputLockedError: another live build holds it (named in the message).
+    """
+    path = lock_path(output_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                with open(path) as f:
+                    h = json.load(f)
+                who = f"pid {h.get('pid')} on {h.get('host')}, started {h.get('started')}"
+            except (OSError, ValueError):
+                who = "another process"
+            raise OutputLockedError(
+                f"--output_dir {output_dir!r} is being built by another data_prep run ({who}); "
+                f"wait for it to finish (lock: {path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(_holder()) + "\n").encode())
+        yield
+    finally:
+        os.close(fd)  # releases the flock; the file stays (deleting it would race)
+
+
+def _remove_leftovers(output_dir: str) -> None:
+    """Deletes folders of earlier builds of output_dir that died (we hold the lock)."""
+    for d in sorted(glob.glob(glob.escape(features.building_prefix(output_dir)) + "*")):
+        logging.warning("data_prep: removing %s, left by an earlier build that did not finish", d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _check_written(folder: str, info: dict) -> None:
+    """Every split's shards are present and complete (what readers will check)."""
+    for split in info["splits"]:
+        for fmt in ("tfrecord", "array_record"):
+            features.list_shards(folder, split, fmt)
+
+
+def _install(tmp: str, output_dir: str) -> None:
+    """Moves the finished, checked build into place, replacing an old dataset only now."""
+    if os.path.exists(output_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.normpath(output_dir))}.old-",
+                               dir=os.path.dirname(os.path.abspath(output_dir)))
+        os.rename(output_dir, os.path.join(old, "dataset"))
+        os.rename(tmp, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, output_dir)
+
+
+def _install_remote(tmp: str, output_dir: str) -> None:
+    """Remote filesystems have no folder rename: delete the old files, then move the new ones."""
+    FileSystems.delete([FileSystems.join(tmp, features.BUILDING_MARKER)])
     if FileSystems.exists(output_dir):
-        existing = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
-                    if any(p in os.path.basename(m.path) for p in _OUTPUT_PATTERNS)
-                    or os.path.basename(m.path) in _METADATA]
-    if existing and not overwrite:
-        raise FileExistsError(f"{output_dir!r} already holds a dataset ({len(existing)} files, e.g. "
-                              f"{os.path.basename(existing[0])}); pass --overwrite to replace it")
-    if existing:
-        FileSystems.delete(existing)
-    if "://" not in output_dir:
-        os.makedirs(output_dir, exist_ok=True)
+        old = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
+               if any(p in os.path.basename(m.path) for p in _OUTPUT_PATTERNS)
+               or os.path.basename(m.path) in _METADATA]
+        if old:
+            FileSystems.delete(old)
+    new = [m.path for m in FileSystems.match([FileSystems.join(tmp, "*")])[0].metadata_list]
+    FileSystems.rename(new, [FileSystems.join(output_dir, os.path.basename(p)) for p in new])
+    FileSystems.delete([tmp])
 
 
-def _sources(input_spec: str, manual_dir: str | None, tfds_data_dir: str | None):
-    if input_spec.startswith("tfds:"):
-        name, _, split = input_spec[len("tfds:"):].partition(":")
+def _sources(inputs: Sequence[str], c: PrepConfig, manual_dir: str | None, tfds_data_dir: str | None):
+    """(sources, skipped, tfds spec or None, info about the inputs)."""
+    tfds_inputs = [i for i in inputs if i.startswith("tfds:")]
+    if tfds_inputs:
+        if len(inputs) != 1 or c.clean_dir:
+            raise errors.InvalidInputError("--input: a tfds:NAME input cannot be combined with other "
+                                           "inputs or --clean_dir")
+        name, _, split = tfds_inputs[0][len("tfds:"):].partition(":")
         split = split or "train"
         n, image_key = pipeline.prepare_tfds(name, split, tfds_data_dir, manual_dir)
-        sources = [pipeline.Source(pipeline.tfds_source_id(name, split, i), ("tfds", name, split, i))
-                   for i in range(n)]
-        return sources, {"name": name, "split": split, "data_dir": tfds_data_dir, "image_key": image_key}
-    return pipeline.list_file_sources(input_spec), None
+        found = [sources.Source(pipeline.tfds_source_id(name, split, i), ("tfds", name, split, i))
+                 for i in range(n)]
+        spec = {"name": name, "split": split, "data_dir": tfds_data_dir, "image_key": image_key}
+        return found, [], spec, {"inputs": list(inputs)}
+    found, skipped = sources.list_sources(inputs, c.group_by)
+    info: dict[str, Any] = {"inputs": list(inputs)}
+    if c.clean_dir:
+        found, unpaired, unused = sources.pair_sources(found, c.clean_dir, c.group_by)
+        skipped += unpaired
+        info["paired"] = {"clean_dir": c.clean_dir, "clean_photos_unmatched": unused}
+    return found, skipped, None, info
 
 
-def build_dataset(input: str, output_dir: str, *, resolution: int = 256, variants_per_face: int = 4,  # noqa: A002
-                  seed: int = 0, splits: str = "train=0.9,validation=0.05,test=0.05",
-                  occluders_dir: str | None = None, category_weights: str | None = None,
-                  pipeline_args: Sequence[str] = (), num_shards: int | None = None,
-                  max_pixels: int = decode.DEFAULT_MAX_PIXELS, all_faces: bool = False,
-                  max_faces: int = 4, min_face_size: int = 32, min_confidence: float = 0.3,
-                  shadow_prob: float = 0.4, landmarker_model: str | None = None,
-                  manual_dir: str | None = None, tfds_data_dir: str | None = None,
-                  overwrite: bool = False) -> dict:
+def build_dataset(input: str | Sequence[str], output_dir: str,  # noqa: A002 - the flag's name
+                  config: PrepConfig | None = None, *, pipeline_args: Sequence[str] = (),
+                  num_shards: int | None = None, manual_dir: str | None = None,
+                  tfds_data_dir: str | None = None, overwrite: bool = False,
+                  **overrides: Any) -> dict:
     """Runs the data-prep pipeline and returns the written dataset_info.json.
 
     Args:
-      input: directory, glob, or "tfds:NAME[:SPLIT]".
+      input: a folder, glob or "tfds:NAME[:SPLIT]", or several folders/globs
+        (a list, or one comma-separated string); with several, ids are
+        prefixed with each input's folder name.
       output_dir: destination (local path or a Beam filesystem such as gs://).
-      resolution: crop side in pixels.
-      variants_per_face: occluded versions per face.
-      seed: seeds all random choices.
-      splits: "name=fraction,..."; every split with a non-zero fraction gets at
-        least one photo when there are at least as many photos as splits.
-      occluders_dir: image occluders (None: procedural only).
-      category_weights: "name=weight,..." (None: synth.DEFAULT_WEIGHTS).
+      config: the records to make; default PrepConfig().
       pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...] or
         ["--direct_num_workers=2", "--direct_running_mode=multi_processing"].
         DirectRunner defaults: all cores in processes (in-process below
         SMALL_INPUT photos).
-      num_shards: shards per split (default: ~128 MiB each, from the input size).
-      max_pixels, all_faces, max_faces, min_face_size, min_confidence,
-        shadow_prob, landmarker_model: see the flags of the same names.
+      num_shards: shards per split (default: ~128 MiB each).
       manual_dir, tfds_data_dir: TFDS options for tfds: inputs.
-      overwrite: replace an existing dataset in output_dir.
+      overwrite: replace an existing dataset in output_dir (only once the new
+        one is complete).
+      **overrides: PrepConfig fields, e.g. resolution=64 (the flags' string
+        forms are accepted, see `make_config`).
 
     Returns:
-      The dataset_info dict (counts per split/category, rejections, ...).
+      The dataset_info dict (counts per split/category, rejections, groups...).
+
+    Raises:
+      errors.UserError: a bad flag, a missing input, an existing or locked output.
     """
-    import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from data_prep import occluders
-    from deocc_jax import assets
-
-    if resolution < 16:
-        raise ValueError(f"resolution must be >= 16, got {resolution}")
-    if variants_per_face < 1:
-        raise ValueError(f"variants_per_face must be >= 1, got {variants_per_face}")
-    weights = synth.parse_weights(category_weights)
-    library = occluders.OccluderLibrary(occluders_dir) if occluders_dir else None
-    synth.available_categories(library, weights)  # fail now, not on a worker
+    c = make_config(**{**(dataclasses.asdict(config) if config else {}), **overrides})
+    inputs = [i.strip() for i in ([input] if isinstance(input, str) else list(input))]
+    if len(inputs) == 1 and "," in inputs[0] and not inputs[0].startswith("tfds:"):
+        inputs = [i.strip() for i in inputs[0].split(",") if i.strip()]
+    if not inputs or not all(inputs):
+        raise errors.InvalidInputError("--input: required")
+    _check_paths(inputs, output_dir, c, num_shards)
+    library = occluders.OccluderLibrary(c.occluders_dir) if c.occluders_dir else None
+    try:
+        synth.available_categories(library, dict(c.category_weights))  # fail now, not on a worker
+    except ValueError as e:
+        raise errors.InvalidInputError(f"--category_weights: {e}") from None
     # Resolve (and if needed download) the landmarker once here so a missing
     # model fails before any worker starts; workers resolve it the same way.
-    assets.resolve_model("face_landmarker.task", landmarker_model)
-    config = pipeline.PrepConfig(
-        resolution=resolution, variants_per_face=variants_per_face, seed=seed,
-        splits=pipeline.parse_splits(splits), occluders_dir=occluders_dir, max_pixels=max_pixels,
-        all_faces=all_faces, max_faces=max_faces, min_face_size=min_face_size,
-        min_confidence=min_confidence, category_weights=tuple(sorted(weights.items())),
-        shadow_prob=shadow_prob, landmarker_model=landmarker_model)
-    sources, tfds_spec = _sources(input, manual_dir, tfds_data_dir)
-    _prepare_output_dir(output_dir, overwrite)
-    args = default_pipeline_args(pipeline_args, len(sources))
-    logging.info("data_prep: %d input images from %s -> %s (beam args %s)", len(sources), input,
-                 output_dir, args)
+    assets.resolve_model("face_landmarker.task", c.landmarker_model)
+    remote = "://" in output_dir
+    with (contextlib.nullcontext() if remote else output_lock(output_dir)):
+        existing = [] if remote else _existing_dataset(output_dir)
+        if existing and not overwrite:
+            raise errors.OutputExistsError(
+                f"{output_dir!r} already holds a dataset ({len(existing)} files, e.g. {existing[0]}); "
+                "pass --overwrite to replace it")
+        found, skipped, tfds_spec, input_info = _sources(inputs, c, manual_dir, tfds_data_dir)
+        if remote:
+            tmp = output_dir.rstrip("/") + f".building-{os.getpid()}-{int(time.time())}"
+        else:
+            _remove_leftovers(output_dir)
+            parent = os.path.dirname(os.path.abspath(output_dir))
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=os.path.basename(features.building_prefix(output_dir)),
+                                   dir=parent)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the dataset from others
+        with FileSystems.create(FileSystems.join(tmp, features.BUILDING_MARKER)) as f:
+            f.write((json.dumps({**_holder(), "output_dir": output_dir}) + "\n").encode())
+        try:
+            info = _run(found, skipped, tmp, c, num_shards, library, tfds_spec, input_info,
+                        pipeline_args, inputs, output_dir)
+            if not remote:
+                os.remove(os.path.join(tmp, features.BUILDING_MARKER))
+                _check_written(tmp, info)
+                _install(tmp, output_dir)
+            else:
+                _install_remote(tmp, output_dir)
+        except BaseException:
+            # The old dataset (if any) is untouched; the unfinished one goes.
+            if remote:
+                logging.error("data_prep: build failed; its partial output is in %s", tmp)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if info["num_records"] == 0:
+        logging.warning("data_prep: no pairs were written: every input was rejected (%s); see %s",
+                        {k: v for k, v in info["rejected"].items() if v},
+                        os.path.join(output_dir, "rejected.tsv"))
+    return info
+
+
+def _run(found, skipped, out, c, num_shards, library, tfds_spec, input_info, pipeline_args, inputs,
+         output_dir) -> dict:
+    """Runs the Beam pipeline into `out`; returns the dataset_info it wrote."""
+    args = default_pipeline_args(pipeline_args, len(found))
+    logging.info("data_prep: %d input images (+%d skipped entries) from %s -> %s (beam args %s)",
+                 len(found), len(skipped), ",".join(inputs), output_dir, args)
     t0 = time.time()
     p = beam.Pipeline(options=PipelineOptions(args))
-    pipeline.build_pipeline(p, sources, output_dir, config, num_shards=num_shards,
-                            occluder_version=library.version if library else None, tfds_spec=tfds_spec)
+    pipeline.build_pipeline(p, found, out, c, num_shards=num_shards,
+                            occluder_version=library.version if library else None,
+                            tfds_spec=tfds_spec, skipped=skipped, extra_info=input_info)
     result = p.run()
     result.wait_until_finish()
     elapsed = time.time() - t0
-    logging.info("data_prep: %d images in %.1f s (%.2f images/s)", len(sources), elapsed,
-                 len(sources) / max(elapsed, 1e-9))
+    logging.info("data_prep: %d images in %.1f s (%.2f images/s)", len(found), elapsed,
+                 len(found) / max(elapsed, 1e-9))
     _log_metrics(result)
-    with FileSystems.open(FileSystems.join(output_dir, "dataset_info.json")) as f:
-        info = json.loads(f.read().decode())
-    if info["num_records"] == 0:
-        logging.warning("data_prep: no pairs were written: every input was rejected (%s); see %s",
-                        info["rejected"], FileSystems.join(output_dir, "rejected.tsv"))
-    return info
+    with FileSystems.open(FileSystems.join(out, features.DATASET_INFO)) as f:
+        return json.loads(f.read().decode())
 
 
 def _log_metrics(result) -> None:
@@ -179,56 +408,101 @@ def _log_metrics(result) -> None:
             logging.info("  %s: mean %.1f ms over %d", d.key.metric.name, d.committed.mean, d.committed.count)
 
 
-def define_flags() -> None:
-    """Defines the binary's flags. Called from __main__ only, so that importing
-    `build_dataset` into another absl program (with its own --input, --seed,
-    ...) does not clash."""
+# ----------------------------------------------------------------------------
+# The binary.
+# ----------------------------------------------------------------------------
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the binary's flags, with PrepConfig's defaults. Called from __main__
+    only, so that importing `build_dataset` into another absl program (with its
+    own --input, --seed, ...) does not clash."""
+    d = config_lib.default
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
-        "input", None, "A directory (searched recursively), a glob such as 'photos/*.jpg', or "
-        "tfds:NAME[:SPLIT] for a TFDS dataset (see --manual_dir).")
-    flags.DEFINE_string("output_dir", None, "Where shards and metadata are written.")
-    flags.DEFINE_integer("resolution", 256, "Side of the aligned face crops (64, 128, 256, 512).")
-    flags.DEFINE_integer("variants_per_face", 4, "Occluded versions of each face.")
-    flags.DEFINE_integer("seed", 0, "Seeds every random choice (with source id and variant).")
-    flags.DEFINE_string("splits", "train=0.9,validation=0.05,test=0.05",
-        "Split names and fractions; split by hash of the source id.")
+        "input", None, "A folder (searched recursively; links followed, loops not), a glob such as "
+        "'photos/*.jpg', several of them separated by commas (ids get each folder's name as "
+        "prefix), or tfds:NAME[:SPLIT] for a TFDS dataset (see --manual_dir). With --clean_dir: "
+        "the occluded photos.", **fv)
+    flags.DEFINE_string("output_dir", None, "Where the dataset is written (built in a hidden "
+                        "sibling folder and moved there when complete).", **fv)
+    flags.DEFINE_integer("resolution", d("resolution"), "Side of the aligned face crops: a multiple "
+                         f"of {config_lib.RESOLUTION_MULTIPLE} (64, 128, 256, 512).", **fv)
+    flags.DEFINE_integer("variants_per_face", d("variants_per_face"), "Occluded versions of each face.",
+                         **fv)
+    flags.DEFINE_integer("seed", d("seed"), "Seeds every random choice (with source id and variant).",
+                         **fv)
+    flags.DEFINE_string("splits", config_lib.format_splits(d("splits")),
+                        "Split names and fractions; split by hash of each person's group.", **fv)
     flags.DEFINE_string(
-        "occluders_dir", None, "Folder of RGBA occluders, one sub-folder per category (like "
-        "../shared/occluders). Without it only procedural occluders are drawn.")
+        "occluders_dir", d("occluders_dir"), "Folder of RGBA occluders, one sub-folder per category "
+        "(like ../shared/occluders). Without it only procedural occluders are drawn.", **fv)
     flags.DEFINE_string(
         "category_weights", None, "e.g. 'face_mask=3,sunglasses=1,procedural=1'; listed categories "
-        f"only. Default: {','.join(f'{k}={v:g}' for k, v in synth.DEFAULT_WEIGHTS.items())}.")
-    flags.DEFINE_integer("max_pixels", decode.DEFAULT_MAX_PIXELS,
-        "Images with more pixels are rejected as too_large, undecoded.")
-    flags.DEFINE_bool("all_faces", False, "Keep every face above --min_face_size, "
-        "not only the largest.")
-    flags.DEFINE_integer("max_faces", 4, "Most faces detected per photo.")
-    flags.DEFINE_integer("min_face_size", 32,
-        "Smallest face width (source pixels) kept; smaller: face_too_small.")
-    flags.DEFINE_float("min_confidence", 0.3, "MediaPipe face detection threshold.")
-    flags.DEFINE_float("shadow_prob", 0.4, "Probability of a soft shadow under an occluder.")
-    flags.DEFINE_integer("num_shards", None, "Shards per split; default ~128 MiB per shard.")
-    flags.DEFINE_string("landmarker_model", None,
-        "Path of face_landmarker.task (default: $DEOCC_ASSETS_DIR, cache, download).")
-    flags.DEFINE_string("manual_dir", None,
-        "TFDS manual download folder (e.g. for celeb_a_hq).")
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --output_dir.")
+        f"only. Default: {','.join(f'{k}={v:g}' for k, v in synth.DEFAULT_WEIGHTS.items())}.", **fv)
+    flags.DEFINE_integer("max_pixels", d("max_pixels"),
+                         "Images with more pixels are rejected as too_large, undecoded.", **fv)
+    flags.DEFINE_bool("all_faces", d("all_faces"), "Keep every face above --min_face_size, "
+                      "not only the largest.", **fv)
+    flags.DEFINE_integer("max_faces", d("max_faces"), "Most faces detected per photo.", **fv)
+    flags.DEFINE_integer("min_face_size", d("min_face_size"),
+                         "Smallest face width (source pixels) kept; smaller: face_too_small.", **fv)
+    flags.DEFINE_float("min_confidence", d("min_confidence"), "MediaPipe face detection threshold.",
+                       **fv)
+    flags.DEFINE_float(
+        "max_padding", d("max_padding"), "Largest share of the aligned crop that may lie outside "
+        "the photo (filled FFHQ-style); more: insufficient_context. The default keeps tight face "
+        "crops (UTKFace) whose whole face is in the photo; see data_prep/README.md.", **fv)
+    flags.DEFINE_float("max_yaw", d("max_yaw"), "Largest head turn (degrees) kept; more: "
+                       "implausible_landmarks.", **fv)
+    flags.DEFINE_float("max_pitch", d("max_pitch"), "Largest head tilt up/down (degrees) kept.", **fv)
+    flags.DEFINE_float("max_landmark_error", d("max_landmark_error"), "Largest RMS misfit "
+                       "(inter-ocular distances) of the landmarks to a posed 3D face.", **fv)
+    flags.DEFINE_float("shadow_prob", d("shadow_prob"), "Probability of a soft shadow under an "
+                       "occluder.", **fv)
+    flags.DEFINE_float("image_share", d("image_share"), "For masks and glasses, the probability of an "
+                       "image occluder rather than a procedural one.", **fv)
+    flags.DEFINE_float("jpeg_prob", d("jpeg_prob"), "Probability of one JPEG round trip applied to "
+                       "clean and occluded alike (the mask grows to every pixel it changed).", **fv)
+    flags.DEFINE_string("jpeg_quality", ",".join(map(str, d("jpeg_quality"))),
+                        "LOW,HIGH JPEG quality range of that round trip.", **fv)
+    flags.DEFINE_string(
+        "group_by", d("group_by"), "Regular expression over source ids whose first group names the "
+        r"person, so that a person's photos share a split; e.g. '^lfw/(.+)_\d{4}\.jpg$' for LFW. "
+        "Ids that do not match are their own group.", **fv)
+    flags.DEFINE_float("near_duplicates", d("near_duplicates"), "Similarity of aligned faces above "
+                       "which two photos are one group (re-saved, cropped, mirrored copies); 0: off.",
+                       **fv)
+    flags.DEFINE_string("clean_dir", d("clean_dir"), "Paired input: folder of clean originals; each "
+                        "photo of --input is an occluded copy matched by name (00012_Mask.jpg -> "
+                        "00012.png, MaskedFace-Net's layout) and recorded with category 'paired'.",
+                        **fv)
+    flags.DEFINE_integer("num_shards", None, "Shards per split; default ~128 MiB per shard.", **fv)
+    flags.DEFINE_string("landmarker_model", d("landmarker_model"),
+                        "Path of face_landmarker.task (default: $DEOCC_ASSETS_DIR, cache, download).",
+                        **fv)
+    flags.DEFINE_string("manual_dir", None, "TFDS manual download folder (e.g. for celeb_a_hq).", **fv)
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.", **fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --output_dir, once the new "
+                      "one is complete.", **fv)
+
+
+_CONFIG_FLAGS = ("resolution", "variants_per_face", "seed", "splits", "occluders_dir",
+                 "category_weights", "max_pixels", "all_faces", "max_faces", "min_face_size",
+                 "min_confidence", "max_padding", "max_yaw", "max_pitch", "max_landmark_error",
+                 "shadow_prob", "image_share", "jpeg_prob", "jpeg_quality", "group_by",
+                 "near_duplicates", "clean_dir", "landmarker_model")
 
 
 def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if not f.input or not f.output_dir:
-        raise app.UsageError("--input and --output_dir are required")
+        raise errors.InvalidInputError("--input and --output_dir are required")
     info = build_dataset(
-        f.input, f.output_dir, resolution=f.resolution, variants_per_face=f.variants_per_face,
-        seed=f.seed, splits=f.splits, occluders_dir=f.occluders_dir,
-        category_weights=f.category_weights, pipeline_args=argv[1:], num_shards=f.num_shards,
-        max_pixels=f.max_pixels, all_faces=f.all_faces, max_faces=f.max_faces,
-        min_face_size=f.min_face_size, min_confidence=f.min_confidence, shadow_prob=f.shadow_prob,
-        landmarker_model=f.landmarker_model, manual_dir=f.manual_dir,
-        tfds_data_dir=f.tfds_data_dir, overwrite=f.overwrite)
-    print(json.dumps({k: info[k] for k in ("num_records", "images", "rejected", "categories")}, indent=2))
+        f.input, f.output_dir, pipeline_args=argv[1:], num_shards=f.num_shards,
+        manual_dir=f.manual_dir, tfds_data_dir=f.tfds_data_dir, overwrite=f.overwrite,
+        **{name: f[name].value for name in _CONFIG_FLAGS})
+    print(json.dumps({k: info[k] for k in ("num_records", "images", "categories", "groups")}, indent=2))
+    print("rejected:", {k: v for k, v in info["rejected"].items() if v})
     print(f"splits: { {k: v['num_records'] for k, v in info['splits'].items()} }; "
           f"contact sheet: {os.path.join(f.output_dir, pipeline.CONTACT_SHEET)}")
 
@@ -241,4 +515,4 @@ def _parse_flags(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     define_flags()
     logging.getLogger().setLevel(logging.INFO)
-    app.run(main, flags_parser=_parse_flags)
+    errors.run(main, flags_parser=_parse_flags)

@@ -69,10 +69,22 @@ class FaceGeometry:
     face_width: float       # cheek to cheek
     face_height: float      # forehead top to chin
     yaw: float              # landmarks.yaw_ratio
+    pose: L.HeadPose        # the canonical face posed on the landmarks (crop pixels)
+    mesh: np.ndarray        # [468, 3] canonical vertices (cm), the frame `pose` projects
 
     @classmethod
-    def from_landmarks(cls, landmarks: np.ndarray, res: int) -> "FaceGeometry":
+    def from_landmarks(cls, landmarks: np.ndarray, res: int,
+                       canonical: L.CanonicalFace | None = None) -> "FaceGeometry":
+        """Anchors of a face from its 478 crop landmarks.
+
+        Args:
+          landmarks: [478, 2] crop pixels.
+          res: crop side.
+          canonical: the canonical face (default `landmarks.canonical_face()`,
+            read from the landmarker model) that gives the head pose.
+        """
         lm = np.asarray(landmarks, np.float64)
+        canonical = canonical or L.canonical_face()
         le, re = L.eye_centres(lm)
         v = re - le
         right = v / max(np.linalg.norm(v), 1e-6)
@@ -81,7 +93,68 @@ class FaceGeometry:
                    angle=math.atan2(v[1], v[0]),
                    face_width=max(L.face_width(lm), 4.0),
                    face_height=max(float(np.linalg.norm(lm[L.CHIN] - lm[L.FOREHEAD])), 4.0),
-                   yaw=L.yaw_ratio(lm))
+                   yaw=L.yaw_ratio(lm), pose=L.head_pose(lm, canonical),
+                   mesh=canonical.vertices)
+
+    def v(self, index) -> np.ndarray:
+        """Canonical 3D vertex (or vertices) of a landmark index."""
+        return self.mesh[index]
+
+    def glasses_frame(self) -> tuple[np.ndarray, float, float]:
+        """(centre, outer eye-corner distance, depth) of a glasses front, in mesh cm.
+
+        The front is a plane just in front of the nose bridge, centred between
+        the eyes; glasses are drawn in it and projected with the head pose, so
+        they turn and tilt with the head.
+        """
+        outer = self.mesh[[L.LEFT_EYE_CORNERS[0], L.RIGHT_EYE_CORNERS[0]]]
+        inner = self.mesh[[L.LEFT_EYE_CORNERS[1], L.RIGHT_EYE_CORNERS[1]]]
+        centre = np.concatenate([outer, inner]).mean(0)
+        depth = float(self.mesh[L.NOSE_BRIDGE_TOP, 2]) - 0.3
+        return np.array([centre[0], centre[1], depth]), float(np.linalg.norm(outer[1] - outer[0])), depth
+
+    def project(self, points3d: np.ndarray) -> np.ndarray:
+        """Crop pixels of mesh-frame points [N, 3]."""
+        return self.pose.project(points3d)
+
+    def below_eyes(self, points: np.ndarray, margin: float = 0.6) -> np.ndarray:
+        """Points [N, 2] moved down (along `down`) until they clear the eyes below them.
+
+        A mask's top edge follows a line parallel to the eyes; on a head
+        turned and tilted up, that line runs into the far eye. Points within
+        an eye's horizontal extent are kept `margin` eye widths below its
+        lower lid.
+        """
+        pts = np.array(points, np.float64, ndmin=2)
+        for contour in (L.LEFT_EYE_CONTOUR, L.RIGHT_EYE_CONTOUR):
+            eye = self.lm[list(contour)]
+            along = eye @ self.right
+            width = float(along.max() - along.min())
+            lo, hi = along.min() - 0.2 * width, along.max() + 0.2 * width
+            floor = float((eye @ self.down).max()) + margin * width
+            p_along, p_depth = pts @ self.right, pts @ self.down
+            push = (p_along > lo) & (p_along < hi) & (p_depth < floor)
+            pts[push] += np.outer(floor - p_depth[push], self.down)
+        return pts.reshape(np.shape(points))
+
+    def clear_of_mouth(self, point: np.ndarray, side: int, margin: float = 0.25) -> np.ndarray:
+        """`point` moved along the eye line until it lies beyond the mouth on `side`.
+
+        On a turned head the face oval's far side runs close to (or inside)
+        the far mouth corner; a mask anchored there would leave the mouth half
+        bare, whereas a real mask wraps around it.
+
+        Args:
+          point: [2] crop pixels.
+          side: -1 for the image-left side, +1 for the image-right side.
+          margin: extra distance beyond the mouth corner, in mouth widths.
+        """
+        lips = self.lm[list(L.LIPS_OUTER)] @ self.right
+        width = float(lips.max() - lips.min())
+        limit = (lips.min() - margin * width) if side < 0 else (lips.max() + margin * width)
+        along = float(np.dot(point, self.right))
+        shift = min(0.0, limit - along) if side < 0 else max(0.0, limit - along)
+        return point + self.right * shift
 
     def p(self, index: int) -> np.ndarray:
         return self.lm[index]
@@ -224,11 +297,16 @@ def procedural_face_mask(geo: FaceGeometry, rng: np.random.Generator) -> Layer:
     # The top corners widen sideways only: moving them up would cover the eyes.
     left = left + geo.right * float(np.dot(left - centre, geo.right)) * (grow - 1)
     right = right + geo.right * float(np.dot(right - centre, geo.right)) * (grow - 1)
+    # A turned head: the mask wraps round the far mouth corner.
+    left, right = geo.clear_of_mouth(left, -1), geo.clear_of_mouth(right, 1)
+    below = [geo.clear_of_mouth(p, -1 if np.dot(p - centre, geo.right) < 0 else 1)
+             if geo.depth(p) < geo.depth(geo.p(17)) + 0.1 * geo.face_height else p for p in lower]
+    lower = np.array(below)
     # Top edge: a curve from the left crossing, over the nose bridge, to the right
     # one; `lower` runs from the right side past the chin to the left side.
     t = np.linspace(0, 1, 24)[:, None]
     ctrl = top - geo.down * rng.uniform(0.0, 0.04) * geo.face_height
-    top_curve = (1 - t) ** 2 * left + 2 * (1 - t) * t * ctrl + t ** 2 * right
+    top_curve = geo.below_eyes((1 - t) ** 2 * left + 2 * (1 - t) * t * ctrl + t ** 2 * right)
     poly = np.concatenate([top_curve, lower])
     alpha = fill_polygons(res, [poly])
 
@@ -271,42 +349,56 @@ _TINTS = np.array([(0.08, 0.08, 0.09), (0.20, 0.12, 0.06), (0.06, 0.14, 0.08),
 
 
 def procedural_glasses(geo: FaceGeometry, rng: np.random.Generator, sunglasses: bool) -> Layer:
-    """Two lenses around the eyes with a frame, bridge and temple arms."""
+    """Two lenses around the eyes with a frame, bridge and temple arms.
+
+    Drawn in the glasses plane of the canonical face (`FaceGeometry.glasses_frame`)
+    and projected with the head pose, so a turned head gets a narrower far lens
+    and arms that run towards its ears.
+    """
     res = geo.res
-    eye_w = float(np.mean([np.linalg.norm(geo.p(a) - geo.p(b))
-                           for a, b in (L.LEFT_EYE_CORNERS, L.RIGHT_EYE_CORNERS)]))
-    half_w = eye_w * rng.uniform(0.78, 1.0) * (1.1 if sunglasses else 1.0)
+    _, _, depth = geo.glasses_frame()
+    eye_w3 = float(np.mean([np.linalg.norm(geo.v(a)[:2] - geo.v(b)[:2])
+                            for a, b in (L.LEFT_EYE_CORNERS, L.RIGHT_EYE_CORNERS)]))
+    half_w = eye_w3 * rng.uniform(0.78, 1.0) * (1.1 if sunglasses else 1.0)
     half_h = half_w * rng.uniform(0.55, 0.85)
     square = rng.uniform(0.0, 1.0)
     lift = rng.uniform(-0.05, 0.12) * half_h
+    tilt = math.radians(rng.uniform(-3, 3))
     frame_t = max(1.0, res * rng.uniform(0.006, 0.016))
     frame_col = _FRAME_COLOURS[rng.integers(len(_FRAME_COLOURS))]
-    xx, yy = _coords(res)
     lens_a = np.zeros((res, res), np.float32)
     frame_a = np.zeros((res, res), np.float32)
-    rims = []
-    for eye, outer_sign in ((geo.left_eye, -1), (geo.right_eye, 1)):
-        c = eye - geo.down * lift + geo.right * outer_sign * 0.08 * half_w
-        rim = ellipse_points(c, half_w, half_h, geo.angle, squareness=square)
+    rims3, rims = [], []
+    for corners, outer_sign in ((L.LEFT_EYE_CORNERS, -1), (L.RIGHT_EYE_CORNERS, 1)):
+        eye = geo.v(list(corners)).mean(0)
+        c = np.array([eye[0] + outer_sign * 0.08 * half_w, eye[1] - lift])
+        flat = ellipse_points(c, half_w, half_h, tilt, squareness=square)
+        rim3 = np.concatenate([flat, np.full((len(flat), 1), depth)], 1)
+        rims3.append(rim3)
+        rim = geo.project(rim3)
         rims.append(rim)
         lens_a = np.maximum(lens_a, fill_polygons(res, [rim]))
         frame_a = np.maximum(frame_a, stroke(res, rim, frame_t, closed=True))
     # Bridge between the inner rims, slightly above the lens centres.
-    inner_l = rims[0][np.argmax(rims[0] @ geo.right)]
-    inner_r = rims[1][np.argmin(rims[1] @ geo.right)]
-    up = -geo.down * 0.25 * half_h
+    inner_l = rims3[0][np.argmax(rims3[0][:, 0])]
+    inner_r = rims3[1][np.argmin(rims3[1][:, 0])]
+    up = np.array([0.0, -0.25 * half_h, 0.0])
     mid = (inner_l + inner_r) / 2 + up * 1.3
-    frame_a = np.maximum(frame_a, stroke(res, np.stack([inner_l + up, mid, inner_r + up]), frame_t))
-    # Temple arms towards the ears.
-    for rim, cheek, side in ((rims[0], L.LEFT_CHEEK, -1), (rims[1], L.RIGHT_CHEEK, 1)):
-        outer = rim[np.argmin(rim @ geo.right)] if side < 0 else rim[np.argmax(rim @ geo.right)]
-        ear = geo.p(cheek) + geo.right * side * 0.03 * geo.face_width - geo.down * 0.3 * half_h
-        frame_a = np.maximum(frame_a, stroke(res, np.stack([outer - geo.down * 0.3 * half_h, ear]),
-                                             frame_t * 0.8))
+    frame_a = np.maximum(frame_a, stroke(res, geo.project(np.stack([inner_l + up, mid, inner_r + up])),
+                                         frame_t))
+    # Temple arms from the outer rims back to the ears (face-oval points by the temples).
+    for rim3, ear_index, side in ((rims3[0], 127, -1), (rims3[1], 356, 1)):
+        outer = rim3[np.argmin(rim3[:, 0])] if side < 0 else rim3[np.argmax(rim3[:, 0])]
+        ear = geo.v(ear_index).copy()
+        ear[1] = outer[1] - 0.3 * half_h
+        arm = np.stack([outer - np.array([0.0, 0.3 * half_h, 0.0]), ear])
+        frame_a = np.maximum(frame_a, stroke(res, geo.project(arm), frame_t * 0.8))
+    xx, yy = _coords(res)
     if sunglasses:
         tint = _TINTS[rng.integers(len(_TINTS))]
         # Darker at the top, like gradient lenses; a faint sky reflection.
-        grad = np.clip(((np.stack([xx, yy], -1) @ geo.down) - geo.depth(geo.eye_mid)) / (2 * half_h) + 0.5, 0, 1)
+        grad = np.clip(((np.stack([xx, yy], -1) @ geo.down) - geo.depth(geo.eye_mid)) / (
+            2 * half_h * geo.pose.scale) + 0.5, 0, 1)
         lens_rgb = tint[None, None, :] * (0.7 + rng.uniform(0.2, 0.8) * grad[..., None])
         lens_rgb = lens_rgb + rng.uniform(0.0, 0.12) * np.exp(-((grad - 0.25) * 6) ** 2)[..., None]
         lens_alpha = lens_a * rng.uniform(0.82, 0.97)
@@ -476,9 +568,24 @@ class OccluderLibrary:
 
     @functools.lru_cache(maxsize=None)  # noqa: B019
     def outline(self, relpath: str) -> tuple[tuple[float, float, float, float], tuple[float, float]]:
-        """(alpha bbox, alpha centroid relative to the bbox) of an occluder."""
+        """(alpha bbox, centroid relative to the bbox) of an occluder.
+
+        For glasses the centroid is that of the lenses: the alpha after an
+        opening as wide as a fifteenth of the image, which removes arms and
+        thin frames (drawn in perspective they would pull the centroid off
+        the lens line). Clear lenses with thin frames leave too little; then
+        the whole alpha's centroid is used.
+        """
         rgba, _ = self.load(relpath)
         bbox = alpha_bbox(rgba)
+        if relpath.split("/")[0] in ("sunglasses", "eyeglasses"):
+            k = max(3, int(round((bbox[2] - bbox[0]) / 15)) | 1)
+            solid = cv2.morphologyEx((rgba[..., 3] > 128).astype(np.uint8), cv2.MORPH_OPEN,
+                                     cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+            if solid.sum() > 0.1 * (rgba[..., 3] > 128).sum():
+                lens = rgba.copy()
+                lens[..., 3] = solid * 255
+                return bbox, alpha_centroid_rel(lens, bbox)
         return bbox, alpha_centroid_rel(rgba, bbox)
 
 
@@ -569,6 +676,10 @@ def face_mask_points(geo: FaceGeometry) -> np.ndarray:
     b = (geo.p(L.NOSE_BRIDGE_TOP) + nose) / 2
     d, f = geo.oval_crossings(geo.p(17))  # 17: bottom of the lower lip
     e = geo.p(L.CHIN)
+    # Turned heads: keep the side anchors beyond the mouth corners, the top ones below the eyes.
+    a, d = geo.clear_of_mouth(a, -1), geo.clear_of_mouth(d, -1)
+    c, f = geo.clear_of_mouth(c, 1), geo.clear_of_mouth(f, 1)
+    a, b, c = geo.below_eyes(np.stack([a, b, c]))
     return np.stack([a, b, c, f, e, d])
 
 
@@ -595,6 +706,32 @@ def pick_face_mask(items: tuple[ImageOccluder, ...], geo: FaceGeometry,
     return views.get(pose) or views.get("frontal") or next(iter(views.values()))
 
 
+def glasses_transform(bbox, centroid, geo: FaceGeometry, rng: np.random.Generator) -> np.ndarray:
+    """3x3 matrix putting a glasses image on the face's glasses plane, posed with the head.
+
+    Lenses (and rims) hold most of the opaque pixels, so the image's alpha
+    centroid marks the lens line even in images drawn in perspective; it goes
+    between the eyes. The image's width is 1.35-1.7 outer eye-corner
+    distances (a glasses front), in the plane just before the nose bridge,
+    then projected with the head pose: a turned head foreshortens the glasses
+    and moves them with the eyes, a tilted one tilts them.
+    """
+    centre, outer, depth = geo.glasses_frame()
+    x0, y0, x1, y1 = bbox
+    width = outer * rng.uniform(1.35, 1.7)
+    height = width * (y1 - y0) / max(x1 - x0, 1.0)
+    cx, cy = centroid
+    centre = centre + np.array([*rng.normal(0, 0.015, 2) * outer * 1.9, 0.0])
+    a = math.radians(rng.uniform(-3, 3))
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    src = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+    rel = np.array([[-cx * width, -cy * height], [(1 - cx) * width, -cy * height],
+                    [(1 - cx) * width, (1 - cy) * height], [-cx * width, (1 - cy) * height]])
+    flat = rel @ rot.T + centre[:2]
+    dst = geo.project(np.concatenate([flat, np.full((4, 1), depth)], 1))
+    return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
+
+
 def image_transform(item: ImageOccluder, outline, scale: float, geo: FaceGeometry,
                     rng: np.random.Generator) -> np.ndarray:
     """3x3 matrix from occluder pixels to crop pixels, by category.
@@ -619,11 +756,7 @@ def image_transform(item: ImageOccluder, outline, scale: float, geo: FaceGeometr
             return H
         return placement(bbox, (0.5, 0.3), geo.mouth, fw * 1.0, geo.angle)
     if cat in ("sunglasses", "eyeglasses"):
-        # Lenses (and rims) hold most of the opaque pixels, so the alpha
-        # centroid finds the lens line even in images drawn in perspective.
-        outer = np.linalg.norm(geo.p(L.RIGHT_EYE_CORNERS[0]) - geo.p(L.LEFT_EYE_CORNERS[0]))
-        return placement(bbox, centroid, geo.eye_mid + jitter(0.015),
-                         outer * rng.uniform(1.35, 1.7), tilt(3))
+        return glasses_transform(bbox, centroid, geo, rng)
     if cat == "hand":
         targets = [geo.mouth, geo.left_eye, geo.right_eye, geo.p(L.LEFT_CHEEK) * 0.6 + geo.mouth * 0.4,
                    geo.p(L.RIGHT_CHEEK) * 0.6 + geo.mouth * 0.4, geo.p(L.CHIN)]

@@ -1,17 +1,22 @@
-"""The Beam pipeline: photos -> aligned faces -> occluded/clean pairs -> shards.
+"""The Beam pipeline: photos -> aligned faces -> groups and splits -> pairs -> shards.
 
 Graph (identical on DirectRunner, Dataflow, Flink, Spark):
 
-    sources (driver-listed, sorted)
-      -> ProcessImageFn   decode, landmarks, align, synthesise, encode
-           main:      ((split, shard), (key, category, record bytes))
+    sources (driver-listed, sorted; skipped entries counted as rejections)
+      -> AlignFacesFn    decode, landmarks, checks, FFHQ-style padded crop
+           main:      AlignedFace (the crop, its landmarks, a near-duplicate
+                      descriptor; paired input: the occluded crop and mask)
            rejected:  (source_id, path, reason, detail)
            accepted:  source_id
+      -> Plan (one element, a side input): groups = --group_by names merged
+           with near-duplicates; split boundaries over the groups; shard counts
+      -> SynthesizeFn    split from the plan, occluders (or the real pair), encode
       -> + one empty element per (split, shard)  -> GroupByKey -> WriteShardFn
-      -> FinalizeFn (side inputs: shard results, rejections, accepted, samples)
+      -> FinalizeFn (side inputs: shard results, rejections, accepted, samples, plan)
            writes dataset_info.json, rejected.tsv, contact_sheet.png
 
-Determinism: split and shard come from sha256 of ids, every random draw from
+Determinism: groups, splits and shards come from sha256 of ids and from a
+plan computed from the sorted list of faces, every random draw from
 `synth.variant_rng(seed, source_id, variant)`, and each shard is written
 sorted by record key, so records and shard files do not depend on the runner,
 the number of workers or bundle boundaries.
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -33,85 +37,49 @@ import time
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
+import cv2
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from data_prep import decode, occluders, synth
+from data_prep import occluders, sources, synth
+from data_prep.config import PrepConfig
+from data_prep.sources import Source
+from deocc_jax import __version__
+from deocc_jax.data import features, writer
+from deocc_jax.faces import FaceAnalyzer
+from deocc_jax.faces import align
+from deocc_jax.faces import landmarks as L
+from deocc_jax.io import images
 
 METRICS_NAMESPACE = "deocc.data_prep"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
-                    ".jfif", ".ppm", ".pgm", ".pnm")
 CONTACT_SHEET = "contact_sheet.png"
 
-
-@dataclasses.dataclass(frozen=True)
-class PrepConfig:
-    """Everything that decides the records (and so belongs in dataset_info.json).
-
-    Attributes:
-      resolution: side of the aligned crops in pixels.
-      variants_per_face: occluded versions of each face.
-      seed: seeds every random draw, with the source id and variant index.
-      splits: ((name, fraction), ...); fractions sum to 1.
-      occluders_dir: folder of image occluders, or None for procedural only.
-      max_pixels: larger images are rejected as too_large before decoding.
-      all_faces: keep every face above min_face_size instead of the largest.
-      max_faces: the most faces detected per photo.
-      min_face_size: smallest face width (landmark box, source pixels) kept.
-      min_confidence: MediaPipe detection/presence threshold.
-      category_weights: category -> weight (synth.DEFAULT_WEIGHTS by default).
-      shadow_prob, image_share: see synth.SynthConfig.
-      landmarker_model: explicit face_landmarker.task, else assets resolution.
-      num_contact_pairs: pairs on the contact sheet.
-    """
-    resolution: int = 256
-    variants_per_face: int = 4
-    seed: int = 0
-    splits: tuple[tuple[str, float], ...] = (("train", 0.9), ("validation", 0.05), ("test", 0.05))
-    occluders_dir: str | None = None
-    max_pixels: int = decode.DEFAULT_MAX_PIXELS
-    all_faces: bool = False
-    max_faces: int = 4
-    min_face_size: int = 32
-    min_confidence: float = 0.3
-    category_weights: tuple[tuple[str, float], ...] = tuple(sorted(synth.DEFAULT_WEIGHTS.items()))
-    shadow_prob: float = 0.4
-    image_share: float = 0.7
-    landmarker_model: str | None = None
-    num_contact_pairs: int = 36
-
-    def synth_config(self) -> synth.SynthConfig:
-        return synth.SynthConfig(weights=dict(self.category_weights), image_share=self.image_share,
-                                 shadow_prob=self.shadow_prob)
-
-
-def parse_splits(spec: str) -> tuple[tuple[str, float], ...]:
-    """"train=0.9,validation=0.05,test=0.05" -> (("train", 0.9), ...)."""
-    out = []
-    for part in spec.split(","):
-        name, sep, frac = part.partition("=")
-        name = name.strip()
-        if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"bad split {part!r} in {spec!r}: expected NAME=FRACTION")
-        out.append((name, float(frac)))
-    if len({n for n, _ in out}) != len(out):
-        raise ValueError(f"duplicate split names in {spec!r}")
-    if any(f < 0 for _, f in out) or not math.isclose(sum(f for _, f in out), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split fractions in {spec!r} must be >= 0 and sum to 1")
-    return tuple(out)
+# Face-level rejection reasons.
+NO_FACE = "no_face"
+FACE_TOO_SMALL = "face_too_small"
+INSUFFICIENT_CONTEXT = "insufficient_context"   # too much of the crop (or face) outside the photo
+IMPLAUSIBLE_LANDMARKS = "implausible_landmarks"  # landmarks that do not pose as a face, or near profile
+PAIR_MISMATCH = "pair_mismatch"                  # paired input: sizes or contents do not pair up
+FACE_REASONS = (NO_FACE, FACE_TOO_SMALL, INSUFFICIENT_CONTEXT, IMPLAUSIBLE_LANDMARKS, PAIR_MISMATCH)
+# Every reason an entry can be rejected for, in the order dataset_info.json lists them.
+REJECT_REASONS = sources.LISTING_REASONS + images.REASONS + FACE_REASONS
+PAIRED = "paired"
+# A paired record's mask: pixels whose colour differs by more than this (0..255)
+# after alignment, cleaned of compression speckle.
+PAIR_THRESHOLD = 24
+# Largest-face mode keeps the largest face that passes the checks, among faces
+# at least this wide relative to the largest: a neighbour cut by the photo's
+# edge often has the largest (extrapolated) landmark box (19 of 4,000 LFW photos).
+MAIN_FACE_SHARE = 0.6
+# Share of the face oval that may lie outside the photo before the face itself
+# counts as cut (insufficient_context), whatever --max_padding allows.
+MAX_FACE_OUTSIDE = 0.1
 
 
 # ----------------------------------------------------------------------------
-# Sources, splits and shards (pure functions, run on the driver).
+# Splits and shards (pure functions).
 # ----------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One input photo: a file path, or ("tfds", name, split, index)."""
-    source_id: str
-    locator: Any
-
 
 def _id_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
@@ -121,65 +89,27 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
-def list_file_sources(input_spec: str) -> list[Source]:
-    """Image files of a directory (recursive) or a glob, sorted, with stable ids.
-
-    The id is the path relative to the directory (or to the glob's fixed
-    prefix), so moving the dataset does not change ids, splits or seeds. Only
-    files with image extensions are taken; anything else in the folder is
-    logged and skipped.
-    """
-    is_glob = any(ch in input_spec for ch in "*?[")
-    if is_glob:
-        root = input_spec.split("*")[0].split("?")[0].split("[")[0]
-        root = root if root.endswith(("/", os.sep)) else os.path.dirname(root)
-        pattern = input_spec
-    else:
-        root = input_spec
-        pattern = input_spec.rstrip("/") + "/**"
-    if _is_remote(pattern):
-        paths = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-    else:
-        if not is_glob and not os.path.isdir(input_spec):
-            raise FileNotFoundError(f"--input {input_spec!r} is neither a directory, a glob nor tfds:NAME")
-        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
-    paths = sorted(set(paths))
-    images = [p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)]
-    if len(images) < len(paths):
-        logging.info("skipping %d files without an image extension %s, e.g. %s",
-                     len(paths) - len(images), IMAGE_EXTENSIONS,
-                     [p for p in paths if p not in set(images)][:3])
-    if not images:
-        raise FileNotFoundError(f"no image files found for --input {input_spec!r}")
-    root = root.rstrip("/")
-    out = []
-    for p in images:
-        rel = p[len(root):].lstrip("/") if root and p.startswith(root) else p
-        out.append(Source(rel.replace(os.sep, "/"), p))
-    return out
-
-
-def split_thresholds(source_ids: Sequence[str],
+def split_thresholds(group_ids: Sequence[str],
                      splits: Sequence[tuple[str, float]]) -> list[tuple[int, str]]:
-    """Hash boundaries that give each split its share of these ids.
+    """Hash boundaries that give each split its share of these groups.
 
-    Ids are ordered by sha256 and cut at the split fractions (largest
-    remainder), giving each split with a non-zero fraction at least one id when
-    there are enough ids. A source's split is then a function of its own hash
-    and these boundaries, so workers need only this short list, and every
-    variant (and face) of a photo lands in the same split. The seed does not
-    enter: the test set stays fixed across seeds.
+    Groups are ordered by sha256 and cut at the split fractions (largest
+    remainder), giving each split with a non-zero fraction at least one group
+    when there are enough. A group's split is then a function of its own hash
+    and these boundaries, so every photo (variant, face) of a person lands in
+    the same split. The seed does not enter: the test set stays fixed across
+    seeds.
 
     Returns:
       [(upper hash bound exclusive, split name)] in ascending order.
     """
-    hashes = sorted(_id_hash(s) for s in source_ids)
+    hashes = sorted({_id_hash(s) for s in group_ids})
     n = len(hashes)
     fr = np.array([f for _, f in splits], np.float64)
     counts = np.floor(fr * n).astype(int)
     for i in np.argsort(-(fr * n - counts), kind="stable")[: n - counts.sum()]:
         counts[i] += 1
-    # Tiny datasets: move one id into each empty split that asked for some.
+    # Tiny datasets: move one group into each empty split that asked for some.
     for i in range(len(splits)):
         if fr[i] > 0 and counts[i] == 0 and counts.max() > 1:
             counts[int(np.argmax(counts))] -= 1
@@ -192,8 +122,8 @@ def split_thresholds(source_ids: Sequence[str],
     return out
 
 
-def split_of(source_id: str, thresholds: Sequence[tuple[int, str]]) -> str:
-    h = _id_hash(source_id)
+def split_of(group_id: str, thresholds: Sequence[tuple[int, str]]) -> str:
+    h = _id_hash(group_id)
     for bound, name in thresholds:
         if h < bound:
             return name
@@ -205,20 +135,6 @@ def records_per_shard(resolution: int) -> int:
     return int(np.clip((128 << 20) // (resolution * resolution * 6), 64, 10000))
 
 
-def shard_counts(source_ids: Sequence[str], thresholds, config: PrepConfig,
-                 num_shards: int | None = None) -> dict[str, int]:
-    """Shards per split, from the number of sources (never from the workers)."""
-    per_split = collections.Counter(split_of(s, thresholds) for s in source_ids)
-    out = {}
-    for name, _ in config.splits:
-        if num_shards:
-            out[name] = int(num_shards)
-        else:
-            expected = per_split.get(name, 0) * config.variants_per_face
-            out[name] = max(1, math.ceil(expected / records_per_shard(config.resolution)))
-    return out
-
-
 def shard_of(record_key: str, num_shards: int) -> int:
     return _id_hash("shard:" + record_key) % num_shards
 
@@ -228,38 +144,241 @@ def record_key(source_id: str, variant: int) -> str:
 
 
 # ----------------------------------------------------------------------------
+# Groups: named persons merged with near-duplicate photos.
+# ----------------------------------------------------------------------------
+
+DESCRIPTOR_SIZE = 48
+
+
+def descriptor(clean: np.ndarray) -> np.ndarray:
+    """float16 [32*32]: a band-pass thumbnail of the aligned face's centre, unit norm.
+
+    Aligned crops of the same photo (re-saved, rescaled, recoloured, noised,
+    rotated or mirrored before alignment) are nearly equal here; band-pass
+    (difference of Gaussians) drops lighting and noise but keeps the face's
+    structure. Measured on the shared sets: copies mostly above 0.97, no pair
+    of LFW faces above 0.93, a few similar-looking UTKFace people at 0.93-0.95
+    (see data_prep/README.md).
+    """
+    g = cv2.cvtColor(cv2.resize(clean, (DESCRIPTOR_SIZE, DESCRIPTOR_SIZE), interpolation=cv2.INTER_AREA),
+                     cv2.COLOR_RGB2GRAY).astype(np.float32)
+    band = cv2.GaussianBlur(g, (0, 0), 1.0) - cv2.GaussianBlur(g, (0, 0), 4.0)
+    c = band[8:40, 8:40]
+    c = c - c.mean()
+    return (c / max(float(np.linalg.norm(c)), 1e-6)).reshape(-1).astype(np.float16)
+
+
+def near_duplicate_pairs(descriptors: np.ndarray, threshold: float, block: int = 2048
+                         ) -> list[tuple[int, int]]:
+    """(i, j), i < j, of faces whose descriptors (or one's mirror image) correlate > threshold."""
+    d = np.asarray(descriptors, np.float32)
+    n = len(d)
+    side = int(round(math.sqrt(d.shape[1]))) if n else 0
+    mirrored = d.reshape(n, side, side)[:, :, ::-1].reshape(n, -1) if n else d
+    out = []
+    for a in range(0, n, block):
+        sim = np.maximum(d[a:a + block] @ d.T, d[a:a + block] @ mirrored.T)
+        ii, jj = np.nonzero(sim > threshold)
+        out += [(a + i, j) for i, j in zip(ii.tolist(), jj.tolist()) if a + i < j]
+    return out
+
+
+def merge_groups(keys: Sequence[str], groups: Sequence[str], pairs: Iterable[tuple[int, int]]
+                 ) -> dict[str, str]:
+    """key -> final group: faces of one named group, or linked by a pair, are one group.
+
+    A final group is named by its smallest member group (deterministic).
+    """
+    parent = {g: g for g in groups}
+
+    def find(g):
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for i, j in pairs:
+        a, b = find(groups[i]), find(groups[j])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {k: find(g) for k, g in zip(keys, groups)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where each face goes: computed once from every accepted face.
+
+    Attributes:
+      group_of: record source -> final group.
+      thresholds: split boundaries over the final groups.
+      shards: split -> number of shards.
+      stats: group statistics for dataset_info.json.
+    """
+    group_of: dict[str, str]
+    thresholds: list[tuple[int, str]]
+    shards: dict[str, int]
+    stats: dict[str, Any]
+
+    def split(self, record_source: str) -> str:
+        return split_of(self.group_of[record_source], self.thresholds)
+
+
+def make_plan(entries: Sequence[tuple[str, str, np.ndarray, int]], config: PrepConfig,
+              num_shards: int | None) -> Plan:
+    """Plan from [(record source, named group, descriptor, records)] of every accepted face."""
+    entries = sorted(entries, key=lambda e: e[0])
+    keys = [e[0] for e in entries]
+    named = [e[1] for e in entries]
+    pairs = []
+    if config.near_duplicates > 0 and entries:
+        pairs = near_duplicate_pairs(np.stack([e[2] for e in entries]), config.near_duplicates)
+    group_of = merge_groups(keys, named, pairs)
+    finals = sorted(set(group_of.values()))
+    thresholds = split_thresholds(finals, config.splits) if finals else [(2 ** 64, config.splits[0][0])]
+    per_split: dict[str, int] = collections.Counter()
+    for (key, _, _, n) in entries:
+        per_split[split_of(group_of[key], thresholds)] += n
+    shards = {name: int(num_shards) if num_shards else
+              max(1, math.ceil(per_split.get(name, 0) / records_per_shard(config.resolution)))
+              for name, _ in config.splits}
+    sizes = collections.Counter(group_of.values())
+    photos_per_named = collections.Counter(named)
+    stats = {
+        "faces": len(keys),
+        "groups": len(finals),
+        "groups_with_several_faces": sum(1 for v in sizes.values() if v > 1),
+        "largest_group": max(sizes.values(), default=0),
+        "named_groups_with_several_faces": sum(1 for v in photos_per_named.values() if v > 1),
+        "near_duplicate_pairs": len(pairs),
+        "groups_per_split": dict(sorted(collections.Counter(
+            split_of(g, thresholds) for g in finals).items())),
+    }
+    return Plan(group_of=group_of, thresholds=thresholds, shards=shards, stats=stats)
+
+
+# ----------------------------------------------------------------------------
 # Per-image work.
 # ----------------------------------------------------------------------------
 
-class ProcessImageFn(beam.DoFn):
-    """Decode -> landmarks -> align -> synthesise -> encode, for one photo.
+@dataclasses.dataclass(frozen=True)
+class AlignedFace:
+    """One accepted face, between alignment and synthesis.
 
-    The FaceAnalyzer and the occluder library are created once per DoFn
-    instance in setup(): loading the landmarker costs far more than one image.
+    Attributes:
+      record_source: source id (with #faceK in --all_faces mode).
+      source_id: the photo's id.
+      group: the person it belongs to (named group, before near-duplicates).
+      clean: uint8 [R, R, 3].
+      landmarks: float32 [478, 2] crop pixels.
+      padding_fraction: share of the crop outside the photo.
+      descriptor: near-duplicate descriptor.
+      occluded, mask: paired input only: the real occluded crop and its mask.
+    """
+    record_source: str
+    source_id: str
+    group: str
+    clean: np.ndarray
+    landmarks: np.ndarray
+    padding_fraction: float
+    descriptor: np.ndarray
+    occluded: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+def face_outside_fraction(crop_landmarks: np.ndarray, outside: np.ndarray) -> float:
+    """Share of the face oval (crop pixels) that lies outside the photo."""
+    res = outside.shape[0]
+    oval = occluders.fill_polygons(res, [np.asarray(crop_landmarks, np.float64)[list(L.FACE_OVAL)]]) > 0.5
+    return float((oval & outside).sum() / max(int(oval.sum()), 1))
+
+
+def check_face(crop_landmarks: np.ndarray, outside: np.ndarray, pose: L.HeadPose,
+               config: PrepConfig) -> tuple[str, str] | None:
+    """(reason, detail) when an aligned face must not become pairs, else None.
+
+    Args:
+      crop_landmarks: [478, 2] in crop pixels.
+      outside: bool [R, R], crop pixels outside the photo.
+      pose: `landmarks.head_pose` of the crop landmarks.
+      config: thresholds.
+    """
+    padding = float(outside.mean())
+    if padding > config.max_padding:
+        return INSUFFICIENT_CONTEXT, (f"{padding:.0%} of the crop lies outside the photo "
+                                      f"> --max_padding={config.max_padding:g}")
+    cut = face_outside_fraction(crop_landmarks, outside)
+    if cut > MAX_FACE_OUTSIDE:
+        return INSUFFICIENT_CONTEXT, (f"{cut:.0%} of the face itself lies outside the photo "
+                                      f"(more than {MAX_FACE_OUTSIDE:.0%})")
+    if not pose.error <= config.max_landmark_error:
+        return IMPLAUSIBLE_LANDMARKS, (f"landmarks do not pose as a face: rigid points off by "
+                                       f"{pose.error:.2f} inter-ocular distances > "
+                                       f"--max_landmark_error={config.max_landmark_error:g}")
+    if not pose.error_all <= 2 * config.max_landmark_error:
+        # Expressions move mouth and jaw: all points get twice the rigid allowance.
+        return IMPLAUSIBLE_LANDMARKS, (f"landmarks do not pose as a face: all points off by "
+                                       f"{pose.error_all:.2f} inter-ocular distances > 2 x "
+                                       f"--max_landmark_error={config.max_landmark_error:g}")
+    if abs(pose.yaw) > config.max_yaw:
+        return IMPLAUSIBLE_LANDMARKS, (f"head turned {abs(pose.yaw):.0f} degrees > --max_yaw="
+                                       f"{config.max_yaw:g}: near-profile landmarks are guesses")
+    if abs(pose.pitch) > config.max_pitch:
+        return IMPLAUSIBLE_LANDMARKS, (f"head tilted {abs(pose.pitch):.0f} degrees > --max_pitch="
+                                       f"{config.max_pitch:g}")
+    return None
+
+
+def pair_mask(clean: np.ndarray, occluded: np.ndarray) -> np.ndarray:
+    """uint8 [R, R, 1] 0/255: where an aligned real pair differs (the occluder).
+
+    Per-pixel colour difference above PAIR_THRESHOLD, opened to drop JPEG
+    speckle, closed and hole-filled so the occluder is one solid region,
+    components under 0.1% of the crop dropped, then grown by one pixel for
+    the soft edge.
+    """
+    res = clean.shape[0]
+    diff = np.abs(clean.astype(np.int16) - occluded.astype(np.int16)).max(-1)
+    m = (diff > PAIR_THRESHOLD).astype(np.uint8)
+    k = max(3, (res // 64) | 1)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, lab, st, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = np.zeros_like(m)
+    for i in range(1, n):
+        if st[i, cv2.CC_STAT_AREA] >= 0.001 * res * res:
+            keep[lab == i] = 1
+    # Fill holes: everything not reachable from the border through background.
+    flood = np.pad(1 - keep, 1, constant_values=1)
+    cv2.floodFill(flood, None, (0, 0), 2)
+    keep = np.where(flood[1:-1, 1:-1] == 2, 0, 1).astype(np.uint8)
+    keep = cv2.dilate(keep, np.ones((3, 3), np.uint8))
+    return (keep * 255)[..., None]
+
+
+class AlignFacesFn(beam.DoFn):
+    """Decode -> landmarks -> checks -> aligned, padded crop, for one photo (or pair).
+
+    The FaceAnalyzer is created once per DoFn instance in setup(): loading the
+    landmarker costs far more than one image.
     """
 
     REJECTED = "rejected"
     ACCEPTED = "accepted"
 
-    def __init__(self, config: PrepConfig, thresholds, num_shards: dict[str, int]):
+    def __init__(self, config: PrepConfig):
         self.config = config
-        self.thresholds = thresholds
-        self.num_shards = num_shards
         self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
-        self._pairs = Metrics.counter(METRICS_NAMESPACE, "pairs_written")
-        self._rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"rejected_{r}")
-                          for r in decode.REJECT_REASONS}
+        self._faces_counter = Metrics.counter(METRICS_NAMESPACE, "faces_accepted")
+        self._rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"rejected_{r}") for r in REJECT_REASONS}
         self._timers = {k: Metrics.distribution(METRICS_NAMESPACE, f"ms_{k}")
-                        for k in ("decode", "landmarks", "align", "synthesize", "encode")}
+                        for k in ("decode", "landmarks", "align")}
 
     def setup(self):
-        from deocc_jax.faces import FaceAnalyzer
         c = self.config
         # Several faces even in largest-face mode: MediaPipe orders by score, not size.
         self.analyzer = FaceAnalyzer(mode="image", num_faces=c.max_faces,
                                      min_confidence=c.min_confidence, model_path=c.landmarker_model)
-        self.library = occluders.OccluderLibrary(c.occluders_dir) if c.occluders_dir else None
-        self.synth_config = c.synth_config()
+        self.canonical = L.canonical_face(c.landmarker_model)
         self._n = self._n_rejected = 0
         self._t0 = self._last_log = time.time()
 
@@ -286,61 +405,153 @@ class ProcessImageFn(beam.DoFn):
     def _reject(self, source: Source, reason: str, detail: str):
         self._rejected[reason].inc()
         self._progress(True)
-        locator = source.locator if isinstance(source.locator, str) else "/".join(map(str, source.locator))
+        locator = (sources.printable(source.locator) if isinstance(source.locator, str)
+                   else "/".join(map(str, source.locator)))
         return beam.pvalue.TaggedOutput(self.REJECTED, (source.source_id, locator, reason, detail))
+
+    def _read_image(self, locator: str) -> np.ndarray:
+        try:
+            with FileSystems.open(locator, compression_type="uncompressed") as f:
+                data = f.read()
+        except Exception as e:  # noqa: BLE001 - permissions, vanished file, ...
+            raise images.DecodeError(images.UNREADABLE, f"cannot read file: {type(e).__name__}: {e}") from None
+        return images.decode_image(data, self.config.max_pixels)
 
     def process(self, element):
         source, payload = element if isinstance(element, tuple) else (element, None)
         self._read.inc()
         t = time.perf_counter()
+        partner = None
         try:
             if payload is not None:       # an array from a TFDS reader
-                image = decode.to_rgb_uint8(payload)
+                image = images.to_uint8(payload)
             else:
-                image = decode.read_and_decode(source.locator, self.config.max_pixels)
-        except decode.DecodeError as e:
+                image = self._read_image(source.locator)
+        except images.DecodeError as e:
             yield self._reject(source, e.reason, e.detail)
             return
+        if source.clean_locator is not None:
+            # Paired input: the landmarks (and the alignment) come from the clean photo.
+            try:
+                partner, image = image, self._read_image(source.clean_locator)
+            except images.DecodeError as e:
+                yield self._reject(source, e.reason, f"clean original {source.clean_id}: {e.detail}")
+                return
         t = self._tick("decode", t)
-        yield from self._faces_to_records(source, image, t)
+        yield from self._faces(source, image, partner, t)
 
-    def _faces_to_records(self, source: Source, image: np.ndarray, t: float):
-        from deocc_jax.data import features
-        from deocc_jax.faces import align
-
+    def _faces(self, source: Source, image: np.ndarray, partner: np.ndarray | None, t: float):
         c = self.config
+        if partner is not None and partner.shape != image.shape:
+            (h, w), (ph, pw) = image.shape[:2], partner.shape[:2]
+            if abs(w / h - pw / ph) > 0.01:
+                yield self._reject(source, PAIR_MISMATCH, f"occluded photo is {pw}x{ph} but its clean "
+                                   f"original {source.clean_id} is {w}x{h}")
+                return
+            partner = cv2.resize(partner, (w, h), interpolation=cv2.INTER_AREA)
         faces = self.analyzer.detect(image)
         t = self._tick("landmarks", t)
         if not faces:
-            yield self._reject(source, decode.NO_FACE, f"no face found in {image.shape[1]}x{image.shape[0]} image")
+            yield self._reject(source, NO_FACE, f"no face found in {image.shape[1]}x{image.shape[0]} image"
+                               + (" (the clean original)" if partner is not None else ""))
             return
         faces = sorted(faces, key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
-        kept = [f for f in (faces if c.all_faces else faces[:1]) if f.width >= c.min_face_size]
+        kept, first_problem = [], None
+        for face in faces:
+            if not c.all_faces and face.width < MAIN_FACE_SHARE * faces[0].width:
+                break  # a background face is not the photo's subject
+            problem, aligned = self._align(face, image)
+            if problem:
+                first_problem = first_problem or problem
+                continue
+            kept.append((face, aligned))
+            if not c.all_faces or partner is not None:
+                break
         if not kept:
-            yield self._reject(source, decode.FACE_TOO_SMALL,
-                               f"largest face is {faces[0].width:.0f} px wide < --min_face_size={c.min_face_size}")
+            yield self._reject(source, *first_problem)
             return
-        split = split_of(source.source_id, self.thresholds)
-        n_shards = self.num_shards[split]
-        for k, face in enumerate(kept):
+        t = self._tick("align", t)
+        for k, (face, (M, crop, lms)) in enumerate(kept):
             record_source = source.source_id if not c.all_faces else f"{source.source_id}#face{k}"
-            M = align.alignment_matrix(face.landmarks, c.resolution)
-            clean = align.warp_to_crop(image, M, c.resolution)
-            lms = align.transform_landmarks(face.landmarks, M)
-            t = self._tick("align", t)
-            for v in range(c.variants_per_face):
-                rng = synth.variant_rng(c.seed, record_source, v)
-                s = synth.synthesize(clean, lms, rng, self.library, self.synth_config)
-                t = self._tick("synthesize", t)
-                record = features.encode_example(features.Pair(
-                    clean=clean, occluded=s.occluded, mask=s.mask, alpha=s.alpha,
-                    category=s.category, source_id=record_source, variant=v, landmarks=lms))
-                t = self._tick("encode", t)
-                key = record_key(record_source, v)
-                self._pairs.inc()
-                yield (split, shard_of(key, n_shards)), (key, s.category, record)
+            occluded = mask = None
+            if partner is not None:
+                occluded = align.padded_crop(partner, M, c.resolution).image
+                mask = pair_mask(crop.image, occluded)
+                cover = float((mask > 0).mean())
+                if cover < 0.002 or cover > 0.6:
+                    yield self._reject(source, PAIR_MISMATCH,
+                                       f"the aligned pair differs on {cover:.1%} of the crop (expected "
+                                       "an occluder: 0.2%-60%); is it the same photo?")
+                    return
+                occluded = np.where(mask > 0, occluded, crop.image)
+            self._faces_counter.inc()
+            yield AlignedFace(record_source=record_source, source_id=source.source_id,
+                              group=source.group_key, clean=crop.image, landmarks=lms,
+                              padding_fraction=crop.padding_fraction,
+                              descriptor=descriptor(crop.image), occluded=occluded, mask=mask)
         self._progress(False)
         yield beam.pvalue.TaggedOutput(self.ACCEPTED, source.source_id)
+
+    def _align(self, face, image: np.ndarray):
+        """((reason, detail), None) or (None, (M, padded crop, crop landmarks))."""
+        c = self.config
+        if face.width < c.min_face_size:
+            return (FACE_TOO_SMALL, f"face is {face.width:.0f} px wide < --min_face_size="
+                    f"{c.min_face_size}"), None
+        M = align.alignment_matrix(face.landmarks, c.resolution)
+        lms = align.transform_landmarks(face.landmarks, M)
+        outside = align.outside_photo(M, image.shape[:2], c.resolution)
+        problem = check_face(lms, outside, L.head_pose(lms, self.canonical), c)
+        if problem:
+            return problem, None
+        return None, (M, align.padded_crop(image, M, c.resolution), lms)
+
+
+class SynthesizeFn(beam.DoFn):
+    """Occluded variants of one aligned face (or its real pair), encoded, keyed by shard."""
+
+    def __init__(self, config: PrepConfig):
+        self.config = config
+        self._pairs = Metrics.counter(METRICS_NAMESPACE, "pairs_written")
+        self._timers = {k: Metrics.distribution(METRICS_NAMESPACE, f"ms_{k}")
+                        for k in ("synthesize", "encode")}
+
+    def setup(self):
+        c = self.config
+        self.library = occluders.OccluderLibrary(c.occluders_dir) if c.occluders_dir else None
+        self.synth_config = c.synth_config()
+        self.canonical = L.canonical_face(c.landmarker_model)
+
+    def process(self, face: AlignedFace, plan: Plan):
+        c = self.config
+        split = plan.split(face.record_source)
+        n_shards = plan.shards[split]
+        if face.occluded is not None:
+            record = features.encode_example(features.Pair(
+                clean=face.clean, occluded=face.occluded, mask=face.mask, alpha=face.mask,
+                category=PAIRED, source_id=face.record_source, variant=0, landmarks=face.landmarks,
+                padding_fraction=face.padding_fraction))
+            key = record_key(face.record_source, 0)
+            self._pairs.inc()
+            yield (split, shard_of(key, n_shards)), (key, PAIRED, record)
+            return
+        geo = occluders.FaceGeometry.from_landmarks(face.landmarks, c.resolution, self.canonical)
+        stats = synth.photo_stats(face.clean, geo)
+        for v in range(c.variants_per_face):
+            t = time.perf_counter()
+            rng = synth.variant_rng(c.seed, face.record_source, v)
+            s = synth.synthesize(face.clean, face.landmarks, rng, self.library, self.synth_config,
+                                 geometry=geo, stats=stats)
+            t1 = time.perf_counter()
+            record = features.encode_example(features.Pair(
+                clean=s.clean, occluded=s.occluded, mask=s.mask, alpha=s.alpha,
+                category=s.category, source_id=face.record_source, variant=v,
+                landmarks=face.landmarks, padding_fraction=face.padding_fraction))
+            self._timers["synthesize"].update(int((t1 - t) * 1000))
+            self._timers["encode"].update(int((time.perf_counter() - t1) * 1000))
+            key = record_key(face.record_source, v)
+            self._pairs.inc()
+            yield (split, shard_of(key, n_shards)), (key, s.category, record)
 
 
 class ReadTfdsFn(beam.DoFn):
@@ -350,7 +561,7 @@ class ReadTfdsFn(beam.DoFn):
         self.name, self.split, self.data_dir, self.image_key = name, split, data_dir, image_key
 
     def process(self, chunk: tuple[int, int]):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # heavy; only TFDS inputs need it
         start, end = chunk
         ds = tfds.load(self.name, split=f"{self.split}[{start}:{end}]", data_dir=self.data_dir,
                        download=False, shuffle_files=False)
@@ -371,7 +582,7 @@ def prepare_tfds(name: str, split: str, data_dir: str | None, manual_dir: str | 
     Returns:
       (number of examples in the split, name of its image feature).
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy; only TFDS inputs need it
     builder = tfds.builder(name, data_dir=data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -388,18 +599,16 @@ def prepare_tfds(name: str, split: str, data_dir: str | None, manual_dir: str | 
 class WriteShardFn(beam.DoFn):
     """Sorts one shard's records by key and writes it in both formats."""
 
-    def __init__(self, output_dir: str, num_shards: dict[str, int]):
+    def __init__(self, output_dir: str):
         self.output_dir = output_dir
-        self._num_shards = num_shards
 
-    def process(self, element):
-        from deocc_jax.data import features, writer
+    def process(self, element, plan: Plan):
         (split, index), values = element
         values = sorted(v for v in values if v is not None)
         keys = [k for k, _, _ in values]
         if len(set(keys)) != len(keys):
             raise ValueError(f"duplicate record keys in {split} shard {index}")
-        n_shards = self._num_shards[split]
+        n_shards = plan.shards[split]
         records = [r for _, _, r in values]
         if _is_remote(self.output_dir):
             # writer.write_shard writes local files; stage them, then copy out.
@@ -419,8 +628,6 @@ class WriteShardFn(beam.DoFn):
 
 def contact_sheet(samples: Iterable[bytes], thumb: int = 128, per_row: int = 4) -> np.ndarray:
     """RGB image: rows of (clean | occluded | mask) triplets with category labels."""
-    import cv2
-    from deocc_jax.data import features
     tiles = []
     for rec in samples:
         d = features.decode_example(rec)
@@ -452,10 +659,9 @@ class FinalizeFn(beam.DoFn):
         self.info_base = info_base
         self.num_read = num_read
 
-    def process(self, _, shard_results, rejected, accepted, samples):
-        import cv2
+    def process(self, _, shard_results, rejected, accepted, samples, plan: Plan):
         rejected = sorted(rejected)
-        by_reason = {r: 0 for r in decode.REJECT_REASONS}
+        by_reason = {r: 0 for r in REJECT_REASONS}
         for _, _, reason, _ in rejected:
             by_reason[reason] += 1
         splits: dict[str, dict] = {}
@@ -471,7 +677,7 @@ class FinalizeFn(beam.DoFn):
             s["categories"] = dict(sorted(s["categories"].items()))
         num_accepted = len(set(accepted))
         if num_accepted + len(rejected) != self.num_read:
-            raise RuntimeError(f"accounting error: read {self.num_read} images but "
+            raise RuntimeError(f"accounting error: read {self.num_read} entries but "
                                f"{num_accepted} made pairs and {len(rejected)} were rejected")
         info = dict(self.info_base)
         info.update({
@@ -480,8 +686,9 @@ class FinalizeFn(beam.DoFn):
             "categories": dict(sorted(categories.items())),
             "images": {"read": self.num_read, "accepted": num_accepted, "rejected": len(rejected)},
             "rejected": by_reason,
+            "groups": plan.stats,
         })
-        _write_bytes(FileSystems.join(self.output_dir, "dataset_info.json"),
+        _write_bytes(FileSystems.join(self.output_dir, features.DATASET_INFO),
                      (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
         lines = ["source_id\tpath\treason\tdetail"] + [
             "\t".join(str(x).replace("\t", " ").replace("\n", " ") for x in row) for row in rejected]
@@ -489,56 +696,73 @@ class FinalizeFn(beam.DoFn):
         sheet = contact_sheet(rec for _, rec in sorted(samples))
         ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         _write_bytes(FileSystems.join(self.output_dir, CONTACT_SHEET), png.tobytes())
-        logging.info("data_prep: read %d images, %d records in %s, rejected %s",
+        logging.info("data_prep: read %d entries, %d records in %s, rejected %s",
                      self.num_read, info["num_records"],
-                     {k: v["num_records"] for k, v in splits.items()}, by_reason)
+                     {k: v["num_records"] for k, v in splits.items()},
+                     {k: v for k, v in by_reason.items() if v})
         yield info
 
 
-def build_pipeline(p: beam.Pipeline, sources: list[Source], output_dir: str, config: PrepConfig,
+def _plan_entry(face: AlignedFace, variants: int) -> tuple[str, str, np.ndarray, int]:
+    return face.record_source, face.group, face.descriptor, 1 if face.occluded is not None else variants
+
+
+def _empty_shards(plan: Plan):
+    for name, n in sorted(plan.shards.items()):
+        for i in range(n):
+            yield (name, i), None
+
+
+def build_pipeline(p: beam.Pipeline, inputs: list[Source], output_dir: str, config: PrepConfig,
                    num_shards: int | None = None, occluder_version: str | None = None,
-                   tfds_spec: dict | None = None) -> None:
+                   tfds_spec: dict | None = None, skipped: Sequence[sources.Skipped] = (),
+                   extra_info: dict | None = None) -> None:
     """Adds the whole data-prep graph to pipeline `p`.
 
     Args:
       p: the pipeline.
-      sources: every input (for TFDS, the ids with ("tfds", ...) locators).
+      inputs: every photo (for TFDS, the ids with ("tfds", ...) locators).
       output_dir: where shards and metadata go (local or a Beam filesystem).
       config: what to produce.
-      num_shards: shards per split; default from the number of sources.
+      num_shards: shards per split; default from the number of records.
       occluder_version: recorded in dataset_info.json.
       tfds_spec: {"name", "split", "data_dir", "image_key"} when reading TFDS.
+      skipped: entries found while listing but not processed (counted as rejected).
+      extra_info: more keys for dataset_info.json.
     """
-    from deocc_jax import __version__
-    from deocc_jax.data import features
-
-    ids = [s.source_id for s in sources]
+    ids = [s.source_id for s in inputs]
     if len(set(ids)) != len(ids):
         raise ValueError("source ids are not unique")
-    thresholds = split_thresholds(ids, config.splits)
-    shards = shard_counts(ids, thresholds, config, num_shards)
     if tfds_spec:
-        n = len(sources)
+        n = len(inputs)
         chunk = 256
         elements = (p | "TfdsChunks" >> beam.Create([(i, min(i + chunk, n)) for i in range(0, n, chunk)])
                     | "ReadTfds" >> beam.ParDo(ReadTfdsFn(tfds_spec["name"], tfds_spec["split"],
                                                            tfds_spec.get("data_dir"), tfds_spec["image_key"])))
     else:
-        elements = p | "Sources" >> beam.Create(sources) | "Spread" >> beam.Reshuffle()
-    results = elements | "ProcessImage" >> beam.ParDo(
-        ProcessImageFn(config, thresholds, shards)).with_outputs(
-            ProcessImageFn.REJECTED, ProcessImageFn.ACCEPTED, main="records")
+        elements = p | "Sources" >> beam.Create(inputs) | "Spread" >> beam.Reshuffle()
+    aligned = elements | "AlignFaces" >> beam.ParDo(AlignFacesFn(config)).with_outputs(
+        AlignFacesFn.REJECTED, AlignFacesFn.ACCEPTED, main="faces")
+    variants = config.variants_per_face
+    plan = (aligned.faces
+            | "PlanEntries" >> beam.Map(_plan_entry, variants)
+            | "AllFaces" >> beam.combiners.ToList()
+            | "Plan" >> beam.Map(make_plan, config, num_shards))
+    plan_side = beam.pvalue.AsSingleton(plan)
+    records = aligned.faces | "Synthesize" >> beam.ParDo(SynthesizeFn(config), plan_side)
     # One empty element per shard so that every shard file exists even if empty.
-    empty = p | "AllShards" >> beam.Create(
-        [((name, i), None) for name, n in sorted(shards.items()) for i in range(n)])
+    empty = plan | "AllShards" >> beam.FlatMap(_empty_shards)
     shard_results = (
-        (results.records, empty) | "WithEmpty" >> beam.Flatten()
+        (records, empty) | "WithEmpty" >> beam.Flatten()
         | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, shards)))
+        | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir), plan_side))
     samples = (
-        results.records
+        records
         | "SampleKeys" >> beam.Map(lambda kv: (hashlib.sha256(kv[1][0].encode()).hexdigest(), kv[1][2]))
         | "Sample" >> beam.combiners.Top.Smallest(config.num_contact_pairs, key=lambda x: x[0]))
+    listing = [(s.source_id, s.path, s.reason, s.detail) for s in skipped]
+    rejected = ((aligned[AlignFacesFn.REJECTED], p | "Skipped" >> beam.Create(listing))
+                | "AllRejected" >> beam.Flatten())
     info_base = {
         "format_version": features.FORMAT_VERSION,
         "resolution": config.resolution,
@@ -552,11 +776,13 @@ def build_pipeline(p: beam.Pipeline, sources: list[Source], output_dir: str, con
                       if k not in ("splits", "occluders_dir")},
                    "category_weights": dict(config.category_weights)},
         "formats": ["tfrecord", "array_record"],
+        **(extra_info or {}),
     }
     _ = (p | "Once" >> beam.Create([None])
          | "Finalize" >> beam.ParDo(
-             FinalizeFn(output_dir, info_base, len(sources)),
+             FinalizeFn(output_dir, info_base, len(inputs) + len(listing)),
              beam.pvalue.AsList(shard_results),
-             beam.pvalue.AsList(results[ProcessImageFn.REJECTED]),
-             beam.pvalue.AsList(results[ProcessImageFn.ACCEPTED]),
-             beam.pvalue.AsSingleton(samples)))
+             beam.pvalue.AsList(rejected),
+             beam.pvalue.AsList(aligned[AlignFacesFn.ACCEPTED]),
+             beam.pvalue.AsSingleton(samples),
+             plan_side))

@@ -109,3 +109,77 @@ def test_video_mode_tracks_frames(photos):
             assert len(faces) == 1 and faces[0].landmarks.shape == (478, 2)
         with pytest.raises(RuntimeError, match="mode='image'"):
             fa.detect(img)
+
+
+# --- FFHQ-style padding ---------------------------------------------------------
+
+def _tight(img, face, margin=0.0):
+    """The photo cropped to the face's landmark box (UTKFace-like, or tighter)."""
+    x0, y0, x1, y1 = face.bbox
+    w, h = x1 - x0, y1 - y0
+    box = np.round([x0 - margin * w, y0 - margin * h, x1 + margin * w, y1 + margin * h]).astype(int)
+    box = np.clip(box, 0, [img.shape[1], img.shape[0], img.shape[1], img.shape[0]])
+    return img[box[1]:box[3], box[0]:box[2]].copy(), box
+
+
+def test_padding_fraction_measures_the_crop_outside_the_photo():
+    img = np.zeros((100, 100, 3), np.uint8)
+    M = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])  # the photo fills the crop's top-left quarter
+    assert abs(align.padding_fraction(M, img.shape[:2], 100) - 0.75) < 0.02
+    assert align.padding_fraction(np.array([[1.0, 0, 0], [0, 1.0, 0]]), img.shape[:2], 100) == 0.0
+    crop = align.padded_crop(img, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 100)
+    assert crop.padding_fraction == 0.0
+
+
+def test_padded_crop_fills_like_ffhq_not_like_a_mirror(analyzer, photos):
+    res = 128
+    img = photos[2]
+    face = largest_face(analyzer.detect(img))
+    tight, _ = _tight(img, face, 0.05)
+    f2 = largest_face(analyzer.detect(tight))
+    M = align.alignment_matrix(f2.landmarks, res)
+    plain = align.warp_to_crop(tight, M, res)                       # the old reflection
+    padded = align.padded_crop(tight, M, res)
+    outside = align.outside_photo(M, tight.shape[:2], res)
+    assert 0.3 < padded.padding_fraction == outside.mean() < 0.8
+    # Deep inside the photo nothing changes.
+    inner = cv2.erode((~outside).astype(np.uint8), np.ones((31, 31), np.uint8)) > 0
+    assert inner.sum() > 500
+    np.testing.assert_array_equal(padded.image[inner], plain[inner])
+    # Far outside, the fill fades to flat (the photo's median), not a mirrored face.
+    far = cv2.erode(outside.astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
+    assert far.sum() > 200
+    median = np.median(tight.reshape(-1, 3), axis=0)
+    off = lambda x: np.abs(x[far].astype(float) - median).mean()  # noqa: E731
+    assert off(padded.image) < 0.6 * off(plain)
+    assert padded.image[far].std(0).mean() < 0.5 * plain[far].std(0).mean()
+    # Near the photo's edge the fill is blurred: far less detail than the reflection.
+    ring = outside & ~far
+    lap = lambda x: np.abs(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.CV_32F))  # noqa: E731
+    assert lap(padded.image)[ring].mean() < 0.5 * lap(plain)[ring].mean()
+
+
+# --- head pose --------------------------------------------------------------------
+
+def test_canonical_face_comes_from_the_model_bundle():
+    face = L.canonical_face()
+    assert face.vertices.shape == (L.NUM_MESH_POINTS, 3) and (face.weights > 0).sum() == 33
+    # Camera axes: the chin is below the nose, the nose tip nearest the camera.
+    assert face.vertices[L.CHIN, 1] > face.vertices[L.NOSE_TIP, 1]
+    assert face.vertices[:, 2].argmin() in (L.NOSE_TIP, 4)  # 4: just above the tip
+    assert face.vertices[L.LEFT_EYE_CORNERS[0], 0] < 0 < face.vertices[L.RIGHT_EYE_CORNERS[0], 0]
+
+
+@pytest.mark.parametrize("angle", [-30, 30])
+def test_head_pose_follows_a_rotated_photo(analyzer, photos, angle):
+    face = L.canonical_face()
+    for img in photos[:3]:
+        p0 = L.head_pose(largest_face(analyzer.detect(img)).landmarks, face)
+        h, w = img.shape[:2]
+        R = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        rotated = cv2.warpAffine(img, R, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        p1 = L.head_pose(largest_face(analyzer.detect(rotated)).landmarks, face)
+        # cv2's positive angle turns the photo counter-clockwise: roll goes down by it.
+        assert abs((p1.roll - p0.roll) + angle) < 6, (p0.roll, p1.roll)
+        assert abs(p1.yaw - p0.yaw) < 8 and abs(p1.pitch - p0.pitch) < 8
+        assert p1.error < 0.15

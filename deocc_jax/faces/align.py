@@ -8,9 +8,18 @@ datasets (FFHQ, CelebA-HQ) come through at their own framing.
 A matrix `M` (2x3, float64) maps source-image pixels to crop pixels:
 `crop = warp_to_crop(image, M, res)`, and `warp_back(crop, M, (h, w))` pastes a
 processed crop back into the source frame.
+
+Where the crop reaches past the photo (tight face crops), `padded_crop` fills
+the outside as FFHQ's own alignment recipe does (NVlabs/ffhq-dataset,
+`recreate_aligned_images`): reflect the photo, blur the reflection more the
+further it is from the photo's edge, and fade it towards the photo's median
+colour, so the padding reads as out-of-focus background rather than a mirrored
+copy of the face. `padding_fraction` measures how much of a crop is such fill.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -98,6 +107,100 @@ def warp_to_crop(image: np.ndarray, M: np.ndarray, resolution: int,
         image = small
     return cv2.warpAffine(image, M, (resolution, resolution), flags=cv2.INTER_LINEAR,
                           borderMode=border_mode)
+
+
+def _crop_to_source(M: np.ndarray, resolution: int, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Source-image (x, y) of every pixel centre of a crop grown by `margin` on each side."""
+    inv = inverse_matrix(M)
+    c = np.arange(-margin, resolution + margin, dtype=np.float64)
+    xs = inv[0, 0] * c[None, :] + inv[0, 1] * c[:, None] + inv[0, 2]
+    ys = inv[1, 0] * c[None, :] + inv[1, 1] * c[:, None] + inv[1, 2]
+    return xs, ys
+
+
+def outside_photo(M: np.ndarray, image_hw: tuple[int, int], resolution: int) -> np.ndarray:
+    """bool [res, res]: crop pixels whose centre maps outside the source photo."""
+    h, w = image_hw
+    xs, ys = _crop_to_source(M, resolution)
+    return (xs < -0.5) | (xs > w - 0.5) | (ys < -0.5) | (ys > h - 0.5)
+
+
+def padding_fraction(M: np.ndarray, image_hw: tuple[int, int], resolution: int) -> float:
+    """Share of the crop whose pixels lie outside the source photo (0 = all real)."""
+    return float(outside_photo(M, image_hw, resolution).mean())
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddedCrop:
+    """An aligned crop and how much of it had to be filled.
+
+    Attributes:
+      image: uint8 [res, res, C].
+      padding_fraction: share of pixels outside the source photo.
+    """
+    image: np.ndarray
+    padding_fraction: float
+
+
+def _median_colour(image: np.ndarray) -> np.ndarray:
+    """Per-channel median of the photo, from at most ~65k evenly spaced pixels."""
+    h, w = image.shape[:2]
+    step = max(1, int(np.sqrt(h * w / 65536)))
+    sample = image[::step, ::step].reshape(-1, 1 if image.ndim == 2 else image.shape[-1])
+    return np.median(sample.astype(np.float32), axis=0)
+
+
+def padded_crop(image: np.ndarray, M: np.ndarray, resolution: int) -> PaddedCrop:
+    """Aligned crop whose part outside the photo is filled as FFHQ does it.
+
+    FFHQ's recipe, expressed in crop pixels (one FFHQ "quad" is the crop):
+    pad widths are at least 0.3 crop sides beyond each photo edge; a ramp
+    `mask` is 0 at the photo's edge, 1 a pad width outside it and negative
+    inside; the reflected image is blended with a Gaussian blur (sigma 0.02
+    crop sides) by clip(3 mask + 1) and then towards the photo's median colour
+    by clip(mask). So the blur starts a third of a pad width inside the photo
+    and hides the seam, and the fill fades to a flat colour with distance.
+    Crops that stay more than 4 source pixels inside the photo are plain warps,
+    as in FFHQ.
+
+    Args:
+      image: uint8 [H, W, C] source photo.
+      M: 2x3 similarity, image -> crop pixels.
+      resolution: crop side.
+    """
+    M = np.asarray(M, np.float64)
+    h, w = image.shape[:2]
+    scale = matrix_scale(M)           # crop px per source px
+    qsize = resolution / scale        # the crop's side in source px
+    inv = inverse_matrix(M)
+    corners = np.array([[-0.5, -0.5], [resolution - 0.5, -0.5], [resolution - 0.5, resolution - 0.5],
+                        [-0.5, resolution - 0.5]]) @ inv[:, :2].T + inv[:, 2]
+    border = max(int(np.rint(qsize * 0.1)), 3)
+    lo, hi = np.floor(corners.min(0)), np.ceil(corners.max(0))
+    pad = np.maximum([-lo[0] + border, -lo[1] + border, hi[0] - w + border, hi[1] - h + border], 0)
+    fraction = padding_fraction(M, (h, w), resolution)
+    if pad.max() <= border - 4:
+        return PaddedCrop(warp_to_crop(image, M, resolution), fraction)
+    pad = np.maximum(pad, np.rint(qsize * 0.3))  # source px: left, top, right, bottom
+    sigma = 0.02 * resolution
+    margin = int(np.ceil(3 * sigma))
+    # A grown canvas, so that the blur near the crop's edge sees fill, not a border.
+    big = resolution + 2 * margin
+    M_big = M.copy()
+    M_big[:, 2] += margin
+    crop = warp_to_crop(image, M_big, big, cv2.BORDER_REFLECT_101).astype(np.float32)
+    if crop.ndim == 2:
+        crop = crop[..., None]
+    xs, ys = _crop_to_source(M, resolution, margin)
+    ramp = np.maximum(np.maximum(-xs / pad[0], (xs - (w - 1)) / pad[2]),
+                      np.maximum(-ys / pad[1], (ys - (h - 1)) / pad[3])).astype(np.float32)[..., None]
+    blurred = cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    blurred = blurred.reshape(crop.shape)
+    crop = crop + (blurred - crop) * np.clip(ramp * 3.0 + 1.0, 0.0, 1.0)
+    crop = crop + (_median_colour(image) - crop) * np.clip(ramp, 0.0, 1.0)
+    out = np.clip(np.rint(crop[margin:margin + resolution, margin:margin + resolution]), 0, 255)
+    out = out.astype(np.uint8)
+    return PaddedCrop(out.reshape((resolution, resolution) + image.shape[2:]), fraction)
 
 
 def warp_back(crop: np.ndarray, M: np.ndarray, out_hw: tuple[int, int],
