@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 
-from deocc_jax.faces import FaceAnalyzer, alignment_matrix, largest_face, warp_to_crop
+from deocc_jax.faces import FaceAnalyzer, align, alignment_matrix, largest_face
+from deocc_jax.io import images
 
 
 def _skimage_data(name: str) -> str:
@@ -60,12 +60,11 @@ def aligned_faces(paths: list[str], resolution: int,
     crops = []
     with FaceAnalyzer(mode="image", num_faces=4, model_path=landmarker_model) as analyzer:
         for path in paths:
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ValueError(f"{path}: not a readable image")
-            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            image = images.read_image(path)
             face = largest_face(analyzer.detect(image))
             if face is None:
                 raise ValueError(f"{path}: no face detected")
-            crops.append(warp_to_crop(image, alignment_matrix(face.landmarks, resolution), resolution))
+            # Padded like the training crops (FFHQ's fill beyond the photo).
+            crops.append(align.padded_crop(image, alignment_matrix(face.landmarks, resolution),
+                                           resolution).image)
     return np.stack(crops)

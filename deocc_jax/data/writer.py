@@ -55,5 +55,5 @@ def read_array_record(path: str) -> list[bytes]:
 
 
 def read_tfrecord(path: str) -> list[bytes]:
-    import tensorflow as tf
+    import tensorflow as tf  # TFRecord reading only; the rest of data/ needs no TensorFlow
     return [r.numpy() for r in tf.data.TFRecordDataset(path)]

@@ -64,7 +64,7 @@ class Face:
 
 
 def _as_srgb(image_rgb: np.ndarray):
-    import mediapipe as mp
+    import mediapipe as mp  # MediaPipe loads models and threads: only where faces are found
     image_rgb = np.asarray(image_rgb)
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[-1] != 3:
         raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
@@ -114,6 +114,7 @@ class FaceAnalyzer:
 
     def __init__(self, mode: str = "image", num_faces: int = 1, min_confidence: float = 0.3,
                  model_path: str | None = None, blendshapes: bool = False):
+        # MediaPipe loads models and threads: only where faces are found.
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core import base_options
 

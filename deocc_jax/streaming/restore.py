@@ -121,7 +121,8 @@ def align_faces(image: np.ndarray, landmarks: list[np.ndarray], resolution: int,
     mats = [align.alignment_matrix(lm, resolution) for lm in landmarks]
     if not mats:
         return FaceCrops([], np.zeros((0, resolution, resolution, 3), np.uint8))
-    crops = np.stack([align.warp_to_crop(image, m, resolution) for m in mats])
+    # Padded like the training crops (FFHQ's fill beyond the photo).
+    crops = np.stack([align.padded_crop(image, m, resolution).image for m in mats])
     guides = None if guide is None else np.stack([guide.crop(m, resolution) for m in mats])
     return FaceCrops(mats, crops, guides)
 
