@@ -415,7 +415,7 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
       compare: more models, evaluated at their latest checkpoint.
       include_baselines: add occluded_input / opencv_telea / opencv_ns.
       batch_size: global eval batch (a multiple of the device count).
-      max_examples: evaluate only the first n examples.
+      max_examples: evaluate n examples spread evenly over the split.
       output: metrics JSON path; the Markdown table and the grid PNG are
         written next to it (`<stem>.md`, `<stem>_samples.png`).
       grid_rows_per_kind: best / median / worst examples shown in the grid.

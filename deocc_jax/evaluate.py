@@ -31,7 +31,7 @@ _FACE_METRICS = flags.DEFINE_bool("face_metrics", True,
                                   "Expression, landmark and identity metrics (MediaPipe; identity "
                                   "needs requirements-eval.txt).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global eval batch (rounded up to the device count).")
-_MAX = flags.DEFINE_integer("max_examples", None, "Only the first n examples of the split.")
+_MAX = flags.DEFINE_integer("max_examples", None, "Only n examples, spread evenly over the split.")
 _GRID_ROWS = flags.DEFINE_integer("grid_rows", 2, "Best, median and worst examples in the grid.")
 
 

@@ -132,6 +132,13 @@ def read_examples(data_dir: str, split: str, indices: list[int]) -> list[dict[st
     return [features.decode_example(ds[i], f"{data_dir}/{split}[{i}]") for i in indices]
 
 
+def subset_positions(size: int, num_examples: int | None) -> np.ndarray:
+    """Positions of `num_examples` records spread evenly over a split of `size` (all when None)."""
+    if num_examples is None or num_examples >= size:
+        return np.arange(size)
+    return np.unique(np.linspace(0, size - 1, max(num_examples, 1)).round().astype(np.int64))
+
+
 def make_eval_iterator(data_dir: str, split: str, batch_size: int, *,
                        num_examples: int | None = None, num_threads: int = 2,
                        prefetch_buffer_size: int = 4, process_index: int | None = None,
@@ -147,7 +154,9 @@ def make_eval_iterator(data_dir: str, split: str, batch_size: int, *,
       data_dir: prepared dataset.
       split: dataset split name.
       batch_size: global batch size.
-      num_examples: evaluate only the first n examples (all when None).
+      num_examples: evaluate n examples spread evenly over the split (all when
+        None): shards are sorted by record key, so the first n would come from
+        few sources.
       num_threads, prefetch_buffer_size: grain read options.
       process_index, process_count: override jax's (tests).
     """
@@ -155,12 +164,13 @@ def make_eval_iterator(data_dir: str, split: str, batch_size: int, *,
     b = _local_batch(batch_size, n)
     ds = _eval_source(data_dir, split)
     source = f"{data_dir}/{split}"
-    total = len(ds) if num_examples is None else min(num_examples, len(ds))
+    positions = subset_positions(len(ds), num_examples)
+    total = len(positions)
     num_batches = -(-total // batch_size)
 
     def element(j: int) -> dict[str, Any]:
         g = (j // b) * batch_size + p * b + j % b
-        i = g if g < total else 0
+        i = int(positions[g if g < total else 0])
         ex = features.decode_example(ds[i], f"{source}[{i}]")
         out = {k: ex[k] for k in ("clean", "occluded", "mask")}
         out.update(valid=np.float32(g < total), index=np.int64(i), category=np.str_(ex["category"]))
