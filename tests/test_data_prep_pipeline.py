@@ -417,3 +417,12 @@ def test_listing_reasons_are_reported(tmp_path):
     """Every listing reason has a counter slot in dataset_info.json."""
     assert set(sources.LISTING_REASONS) <= set(pipeline.REJECT_REASONS)
     assert len(set(pipeline.REJECT_REASONS)) == len(pipeline.REJECT_REASONS)
+
+
+def test_records_lost_between_synthesis_and_shards_fail_the_build():
+    # Every produced record must be written; a runner that drops some fails loudly.
+    pipeline.check_records({"train": 8, "test": 4}, {"train": 8, "test": 4})
+    with pytest.raises(RuntimeError, match=r"records missing from the shards .*'train': 3"):
+        pipeline.check_records({"train": 8, "test": 4}, {"train": 5, "test": 4})
+    with pytest.raises(RuntimeError, match="'validation': 2"):
+        pipeline.check_records({"train": 8, "validation": 2}, {"train": 8})
