@@ -11,11 +11,12 @@ best / median / worst examples). Runs on all visible devices, whatever device
 count wrote the checkpoint.
 """
 
+import contextlib
 import os
 
 from absl import flags
 
-from deocc_jax import errors, eval_lib, loading
+from deocc_jax import errors, eval_lib, face_metrics, loading
 
 _MODEL = flags.DEFINE_string("model", None, "Model to evaluate: a workdir, pretrained folder or export.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Same as --model (a training workdir).")
@@ -40,15 +41,13 @@ def main(argv):
         raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
     if _MODEL.value and _WORKDIR.value:
         raise errors.InvalidInputError("give --model or --workdir, not both")
-    fm = None
-    if _FACE_METRICS.value:
-        from deocc_jax import face_metrics  # MediaPipe (and dlib) only when asked for
-        fm = face_metrics.FaceMetrics()
-    result = eval_lib.evaluate(
-        _MODEL.value or _WORKDIR.value, _DATA_DIR.value, split=_SPLIT.value,
-        checkpoint=loading.parse_checkpoint(_CHECKPOINT.value), compare=_COMPARE.value,
-        include_baselines=_BASELINES.value, batch_size=_BATCH.value, max_examples=_MAX.value,
-        output=_OUTPUT.value, grid_rows_per_kind=_GRID_ROWS.value, face_metrics=fm)
+    with contextlib.ExitStack() as stack:
+        fm = stack.enter_context(face_metrics.FaceMetrics()) if _FACE_METRICS.value else None
+        result = eval_lib.evaluate(
+            _MODEL.value or _WORKDIR.value, _DATA_DIR.value, split=_SPLIT.value,
+            checkpoint=loading.parse_checkpoint(_CHECKPOINT.value), compare=_COMPARE.value,
+            include_baselines=_BASELINES.value, batch_size=_BATCH.value, max_examples=_MAX.value,
+            output=_OUTPUT.value, grid_rows_per_kind=_GRID_ROWS.value, face_metrics=fm)
     with open(result["outputs"]["markdown"]) as f:
         print(f.read())
     for kind, path in result["outputs"].items():
