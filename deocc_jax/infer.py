@@ -38,6 +38,9 @@ _BETA = flags.DEFINE_float("beta", 1.0, "One-euro speed coefficient; higher = le
 _DISPLAY = flags.DEFINE_bool("display", False, "Video/camera: show before | after in a window.")
 _LANDMARKER = flags.DEFINE_string("landmarker_model", None, "Path of face_landmarker.task.")
 _REPORT = flags.DEFINE_string("report", None, "Write the run's report (JSON) here.")
+_MAX_PIXELS = flags.DEFINE_integer("max_pixels", infer_lib.DEFAULT_MAX_PIXELS,
+                                   "Refuse photos (and video frames) with more pixels than this; "
+                                   "the same limit as data prep's --max_pixels.", lower_bound=1)
 
 
 def main(argv):
@@ -49,10 +52,15 @@ def main(argv):
         save_masks=_SAVE_MASKS.value, side_by_side_out=_SIDE_BY_SIDE.value,
         max_faces=_MAX_FACES.value, min_confidence=_MIN_CONF.value, max_frames=_MAX_FRAMES.value,
         smoothing=_SMOOTH.value, min_cutoff=_MIN_CUTOFF.value, beta=_BETA.value,
-        display=_DISPLAY.value, landmarker_model=_LANDMARKER.value)
+        display=_DISPLAY.value, landmarker_model=_LANDMARKER.value, max_pixels=_MAX_PIXELS.value)
     if _REPORT.value:
         with open(_REPORT.value, "w") as f:
             json.dump(report, f, indent=2)
+    rejected = [r for r in report if r["status"] == "rejected"] if isinstance(report, list) else []
+    if rejected:  # the others were processed; the exit status still says not all were
+        raise errors.InvalidInputError(
+            f"{len(rejected)} of {len(report)} photo(s) rejected: "
+            + "; ".join(r["error"] for r in rejected[:3]) + (" ..." if len(rejected) > 3 else ""))
 
 
 def run():

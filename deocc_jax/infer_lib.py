@@ -9,6 +9,15 @@ so everything outside the (dilated, feathered) occluder is untouched.
 The model is anything `predictors.open_predictor` opens: the shipped model
 (the default), a training workdir or pretrained folder (JAX), a SavedModel
 export (TensorFlow), an .onnx (onnxruntime) or a .tflite (LiteRT) file.
+
+Nothing is lost (issue 10): outputs that would replace an input are refused
+before anything is read; an output folder that cannot be written is named as
+such before the model loads; every output file appears complete or not at all
+(`io.atomic` for photos, `io.video.VideoWriter` for video). Photos are read by
+the decoder data prep uses (`io.images`, same checks, same pixel limit), so a
+truncated JPEG is rejected rather than restored with grey rows; a photo with
+alpha keeps it. A video that ends early is reported (frames decoded vs
+expected).
 """
 
 from __future__ import annotations
@@ -16,19 +25,24 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import shutil
 import time
 from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 
-from deocc_jax import predictors
-from deocc_jax import video as video_io
+from deocc_jax import errors, predictors
 from deocc_jax.faces import FaceAnalyzer, align
+from deocc_jax.io import atomic, images
+from deocc_jax.io import video as video_io
 from deocc_jax.predictors import Predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Output formats that can hold an alpha channel (RGBA inputs keep theirs there).
+ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")
+# The pixel limit of data prep (`--max_pixels` there and here): 12000x9000 photos
+# would take gigabytes.
+DEFAULT_MAX_PIXELS = images.DEFAULT_MAX_PIXELS
 
 # Blending, in units of the crop side: the predicted mask (> MASK_THRESHOLD) is
 # grown by DILATE_FRAC so the occluder's soft edge is replaced too, then
@@ -135,7 +149,7 @@ class FaceOutput:
 
 def _require_blind(model: Predictor) -> None:
     if model.guided:
-        raise ValueError(
+        raise errors.InvalidInputError(
             f"{model.description} is a guided model: it needs the occluder mask as input, which "
             "real photos do not have. Use a blind model (one that predicts its own mask).")
 
@@ -198,23 +212,47 @@ def collect_images(spec: str) -> list[str]:
         paths = glob.glob(spec)
     paths = sorted(p for p in paths if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found at {spec!r}")
+        raise errors.InputNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found at {spec!r}")
     return paths
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """uint8 RGB image (EXIF orientation applied); a clear error if unreadable."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not a readable image (OpenCV could not decode it)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def read_photo(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 RGB [H, W, 3], uint8 alpha [H, W] or None) of a photo, via the prep decoder.
+
+    Raises:
+      images.DecodeError: unreadable (truncated, corrupt, empty), not an image,
+        or more than `max_pixels` pixels; the message names the file.
+    """
+    image = images.read_image(path, max_pixels, keep_alpha=True)
+    if image.shape[-1] == 4:
+        return np.ascontiguousarray(image[..., :3]), np.ascontiguousarray(image[..., 3])
+    return image, None
 
 
-def write_rgb(path: str, image: np.ndarray) -> None:
+def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 RGB image (EXIF orientation applied, alpha composited over white).
+
+    Raises:
+      images.DecodeError: see `read_photo`.
+    """
+    return images.read_image(path, max_pixels)
+
+
+def write_rgb(path: str, image: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    """Writes an RGB (or gray) image, with `alpha` when given, atomically.
+
+    The file appears complete or not at all: it is encoded in memory and
+    renamed into place (`io.atomic`).
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(path, img):
-        raise IOError(f"could not write image {path!r}")
+    if alpha is not None:
+        img = np.concatenate([img, alpha[..., None]], axis=-1)
+    ext = os.path.splitext(path)[1].lower() or ".png"
+    ok, data = cv2.imencode(ext, img)
+    if not ok:
+        raise errors.InvalidInputError(f"{path}: OpenCV cannot encode {ext} images")
+    atomic.write_bytes(path, data.tobytes())
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -232,7 +270,8 @@ def _photo_outputs(inputs: list[str], output: str) -> dict[str, str]:
     stems = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"input photos share file names {dup}; their outputs would overwrite each other")
+        raise errors.InvalidInputError(
+            f"input photos share file names {dup}; their outputs would overwrite each other")
     return {p: os.path.join(output, s + ".png") for p, s in zip(inputs, stems)}
 
 
@@ -241,11 +280,55 @@ def _with_suffix(path: str, suffix: str) -> str:
     return f"{stem}_{suffix}.png"
 
 
+def _unchanged_copy_path(path: str, out_path: str) -> str:
+    """Where a photo without a face is copied: the output name with the input's extension."""
+    return os.path.splitext(out_path)[0] + os.path.splitext(path)[1]
+
+
+def plan_photos(input_spec: str, output: str, *, save_masks: bool = False,
+                side_by_side_out: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Inputs and outputs of a photo run, checked before anything is read.
+
+    Returns:
+      (input paths, input -> output path).
+
+    Raises:
+      errors.InputNotFoundError: no images at `input_spec`.
+      errors.OutputExistsError: an output (restored photo, unchanged copy,
+        mask or before|after) would replace an input, or `output` is the input
+        folder itself.
+      atomic.NotWritableError: an output folder cannot be created or written.
+    """
+    inputs = collect_images(input_spec)
+    if os.path.isdir(input_spec) and os.path.isdir(output) and os.path.samefile(input_spec, output):
+        raise errors.OutputExistsError(
+            f"--output {output} is the input folder: restored photos would mix with (and could "
+            "replace) the originals; choose another folder")
+    outputs = _photo_outputs(inputs, output)
+    candidates = []
+    for path, out in outputs.items():
+        candidates += [out, _unchanged_copy_path(path, out)]
+        if save_masks:
+            candidates.append(_with_suffix(out, "mask"))
+        if side_by_side_out:
+            candidates.append(_with_suffix(out, "side_by_side"))
+    atomic.check_no_overlap(candidates, inputs)
+    for folder in sorted({os.path.dirname(os.path.abspath(c)) for c in candidates}):
+        atomic.require_writable_dir(folder)
+    return inputs, outputs
+
+
 def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks: bool = False,
                    side_by_side_out: bool = False, max_faces: int = 8,
                    min_confidence: float = 0.3, landmarker_model: str | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Restores every face in every photo of `input_spec`.
+
+    A photo that cannot be decoded (truncated, corrupt, not an image, more
+    than `max_pixels`) is rejected exactly as data prep rejects it: with a
+    single input that is an error; in a batch the others go on and the photo
+    is listed with its reason (and counted in the summary line).
 
     Args:
       model: a blind Predictor.
@@ -256,38 +339,54 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
       max_faces: the most faces handled per photo.
       min_confidence: MediaPipe detection threshold.
       landmarker_model: explicit face_landmarker.task path.
+      max_pixels: the pixel limit (the same as data prep's `--max_pixels`).
       log: where progress lines go.
 
     Returns:
-      One report dict per photo: input, output, faces, status ("restored" or
-      "no_face", in which case the photo was copied unchanged), and extra files.
+      One report dict per photo: input, output, faces, status ("restored";
+      "no_face", in which case the photo was copied unchanged; or "rejected",
+      with "reason" and "error"), and extra files.
+
+    Raises:
+      errors.OutputExistsError, atomic.NotWritableError: see `plan_photos`
+        (raised before any photo is read).
+      images.DecodeError: the only input photo cannot be decoded.
     """
     _require_blind(model)
-    inputs = collect_images(input_spec)
-    outputs = _photo_outputs(inputs, output)
+    inputs, outputs = plan_photos(input_spec, output, save_masks=save_masks,
+                                  side_by_side_out=side_by_side_out)
     reports = []
     with FaceAnalyzer(mode="image", num_faces=max_faces, min_confidence=min_confidence,
                       model_path=landmarker_model) as analyzer:
         for path in inputs:
-            image = read_rgb(path)
             out_path = outputs[path]
+            try:
+                image, alpha = read_photo(path, max_pixels)
+            except images.DecodeError as e:
+                if len(inputs) == 1:
+                    raise
+                reports.append({"input": path, "output": None, "faces": 0, "files": [],
+                                "status": "rejected", "reason": e.reason,
+                                "error": errors.one_line(e)})
+                log(f"{errors.one_line(e)}; skipped")
+                continue
             faces = analyzer.detect(image)
             rep = {"input": path, "output": out_path, "faces": len(faces), "files": []}
-            os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
             if not faces:
-                # Nothing to restore: the photo goes through untouched.
-                if os.path.splitext(path)[1].lower() == os.path.splitext(out_path)[1].lower():
-                    shutil.copyfile(path, out_path)
-                else:
-                    out_path = os.path.splitext(out_path)[0] + os.path.splitext(path)[1]
-                    shutil.copyfile(path, out_path)
-                    rep["output"] = out_path
+                # Nothing to restore: the photo goes through untouched (bytes copied).
+                out_path = _unchanged_copy_path(path, out_path)
+                atomic.copy_file(path, out_path)
+                rep["output"] = out_path
                 rep["status"] = "no_face"
                 log(f"{path}: no face found; copied unchanged to {out_path}")
                 reports.append(rep)
                 continue
+            if alpha is not None and os.path.splitext(out_path)[1].lower() not in ALPHA_EXTENSIONS:
+                log(f"{path}: has an alpha channel, which {os.path.splitext(out_path)[1]} cannot "
+                    "hold; it is dropped (write .png to keep it)")
+                alpha = None
             restored, _, face_outs = restore_faces(image, [f.landmarks for f in faces], model)
-            write_rgb(out_path, restored)
+            write_rgb(out_path, restored, alpha)
             if save_masks:
                 rep["files"].append(_with_suffix(out_path, "mask"))
                 write_rgb(rep["files"][-1], mask_image(face_outs, image.shape[:2]))
@@ -297,8 +396,13 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
             rep["status"] = "restored"
             log(f"{path}: {len(faces)} face(s) restored -> {out_path}")
             reports.append(rep)
-    n_none = sum(r["status"] == "no_face" for r in reports)
-    log(f"{len(reports)} photo(s): {len(reports) - n_none} restored, {n_none} without a face (copied)")
+    counts = {k: sum(r["status"] == k for r in reports) for k in ("restored", "no_face", "rejected")}
+    line = (f"{len(reports)} photo(s): {counts['restored']} restored, {counts['no_face']} without "
+            "a face (copied)")
+    if counts["rejected"]:
+        reasons = sorted({r["reason"] for r in reports if r["status"] == "rejected"})
+        line += f", {counts['rejected']} rejected ({', '.join(reasons)})"
+    log(line)
     return reports
 
 
@@ -313,16 +417,56 @@ def _video_output(input_spec: str, output: str) -> str:
     return os.path.join(output, stem + ".mp4")
 
 
+def _suffixed(path: str, suffix: str) -> str:
+    stem, ext = os.path.splitext(path)
+    return f"{stem}_{suffix}{ext}"
+
+
+def plan_video(input_spec: str, output: str | None, *, save_masks: bool = False,
+               side_by_side_out: bool = False, display: bool = False) -> dict[str, str]:
+    """Output files of a video run ({"out", "mask"?, "sbs"?}), checked before anything is read.
+
+    Raises:
+      errors.InvalidInputError: no --output where one is needed, or a video
+        extension that cannot be written.
+      errors.OutputExistsError: an output is the input video (by real path).
+      atomic.NotWritableError: the output folder cannot be created or written.
+    """
+    if output is None:
+        if not (display and video_io.is_camera(input_spec)):
+            raise errors.InvalidInputError(
+                "--output is required (only a camera shown with --display may omit it)")
+        return {}
+    out = _video_output(input_spec, output)
+    if os.path.splitext(out)[1].lower() not in video_io.WRITABLE_EXTENSIONS:
+        raise errors.InvalidInputError(
+            f"--output {out}: cannot write this video format; use one of "
+            f"{', '.join(video_io.WRITABLE_EXTENSIONS)}")
+    paths = {"out": out}
+    if save_masks:
+        paths["mask"] = _suffixed(out, "mask")
+    if side_by_side_out:
+        paths["sbs"] = _suffixed(out, "side_by_side")
+    if not video_io.is_camera(input_spec):
+        atomic.check_no_overlap(paths.values(), [input_spec])
+    atomic.require_writable_dir(os.path.dirname(os.path.abspath(out)))
+    return paths
+
+
 def process_video(model: Predictor, input_spec: str, output: str | None, *, save_masks: bool = False,
                   side_by_side_out: bool = False, max_faces: int = 4, max_frames: int | None = None,
                   smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 1.0,
                   min_confidence: float = 0.3, landmarker_model: str | None = None,
-                  display: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  display: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Restores faces in every frame of a video file or camera.
 
-    Every input frame gives exactly one output frame (frames without a face are
-    written unchanged) and the output keeps the source frame rate, so the
-    result stays in sync with the original's audio and timing.
+    Every decoded frame gives exactly one output frame (frames without a face
+    are written unchanged) at the source's own timestamps, with its audio
+    copied, so the result stays in sync with the original. Output files appear
+    only once complete (a failure leaves no partial file). A file that ends
+    before the frame count it declares is reported (log line and the
+    "truncation" entry of the result).
 
     Args:
       model: a blind Predictor.
@@ -337,14 +481,16 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
       min_confidence: MediaPipe detection/tracking threshold.
       landmarker_model: explicit face_landmarker.task path.
       display: show frames in a window (press q to stop).
+      max_pixels: refuse frames larger than this (data prep's pixel limit).
       log: where the summary goes.
 
     Returns:
-      {"output", "frames", "fps_source", "fps_processed", "stage_ms", "files"}.
+      {"output", "frames", "frames_expected", "truncation", "fps_source",
+      "fps_processed", "stage_ms", "files"}.
     """
     _require_blind(model)
-    if output is None and not (display and video_io.is_camera(input_spec)):
-        raise ValueError("--output is required (only a camera shown with --display may omit it)")
+    paths = plan_video(input_spec, output, save_masks=save_masks,
+                       side_by_side_out=side_by_side_out, display=display)
     timer = video_io.StageTimer()
     smoother = video_io.LandmarkSmoother(min_cutoff, beta) if smoothing else None
     # Compile / warm up for 1 and 2 faces before timing: the first call of a
@@ -357,80 +503,114 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
             FaceAnalyzer(mode="video", num_faces=max_faces, min_confidence=min_confidence,
                          model_path=landmarker_model) as analyzer:
         info = reader.info
+        if info.width * info.height > max_pixels:
+            raise images.DecodeError(
+                images.TOO_LARGE, f"{info.width}x{info.height} = {info.width * info.height} pixels "
+                f"per frame > limit {max_pixels}", input_spec)
+        audio = input_spec if not video_io.is_camera(input_spec) and info.audio_streams else None
         writers: dict[str, video_io.VideoWriter] = {}
-        out_path = None
-        if output is not None:
-            out_path = _video_output(input_spec, output)
-            writers["out"] = video_io.VideoWriter(out_path, info.fps, info.width, info.height)
-            if save_masks:
-                writers["mask"] = video_io.VideoWriter(
-                    os.path.splitext(out_path)[0] + "_mask" + os.path.splitext(out_path)[1],
-                    info.fps, info.width, info.height)
-            if side_by_side_out:
-                writers["sbs"] = video_io.VideoWriter(
-                    os.path.splitext(out_path)[0] + "_side_by_side" + os.path.splitext(out_path)[1],
-                    info.fps, 2 * info.width, info.height)
-        frames, faces_seen = 0, 0
+        frames, faces_seen, last_ms = 0, 0, -1
+        stopped_early = False
         start = time.perf_counter()
+        ok = False
         try:
-            for index, ts_ms, frame in reader.frames():
-                if max_frames is not None and index >= max_frames:
+            if "out" in paths:
+                writers["out"] = video_io.VideoWriter(paths["out"], info.fps, info.width,
+                                                      info.height, audio_from=audio,
+                                                      time_base=info.time_base)
+            if "mask" in paths:
+                writers["mask"] = video_io.VideoWriter(paths["mask"], info.fps, info.width,
+                                                       info.height, time_base=info.time_base)
+            if "sbs" in paths:
+                writers["sbs"] = video_io.VideoWriter(paths["sbs"], info.fps, 2 * info.width,
+                                                      info.height, time_base=info.time_base)
+            for frame in reader.timed_frames():
+                if max_frames is not None and frame.index >= max_frames:
+                    stopped_early = True
                     break
+                # MediaPipe's VIDEO mode needs strictly increasing milliseconds.
+                ts_ms = max(int(round(frame.time_s * 1000.0)), last_ms + 1)
+                last_ms = ts_ms
                 with timer("detect"):
-                    faces = analyzer.detect_video(frame, ts_ms)
+                    faces = analyzer.detect_video(frame.rgb, ts_ms)
                     lms = [f.landmarks for f in faces]
                     if smoother is not None:
-                        lms = smoother(lms, ts_ms / 1000.0)
-                restored, _, face_outs = restore_faces(frame, lms, model, timer)
+                        lms = smoother(lms, frame.time_s)
+                restored, _, face_outs = restore_faces(frame.rgb, lms, model, timer)
                 faces_seen += len(lms)
                 with timer("io"):
                     if "out" in writers:
-                        writers["out"].write(restored)
+                        writers["out"].write(restored, time_s=frame.time_s)
                     if "mask" in writers:
-                        m = mask_image(face_outs, frame.shape[:2])
-                        writers["mask"].write(np.repeat(m[..., None], 3, axis=-1))
+                        m = mask_image(face_outs, frame.rgb.shape[:2])
+                        writers["mask"].write(np.repeat(m[..., None], 3, axis=-1),
+                                              time_s=frame.time_s)
                     if "sbs" in writers:
-                        writers["sbs"].write(side_by_side(frame, restored))
+                        writers["sbs"].write(side_by_side(frame.rgb, restored), time_s=frame.time_s)
+                    frames += 1
                     if display:
-                        cv2.imshow("deocc (q to quit)", cv2.cvtColor(side_by_side(frame, restored),
+                        cv2.imshow("deocc (q to quit)", cv2.cvtColor(side_by_side(frame.rgb, restored),
                                                                    cv2.COLOR_RGB2BGR))
                         if cv2.waitKey(1) & 0xFF == ord("q"):
-                            frames += 1
+                            stopped_early = True
                             break
-                frames += 1
+            ok = True
         except KeyboardInterrupt:
             log("stopped by the user")
+            stopped_early = ok = True  # what was written so far is kept
         finally:
             for w in writers.values():
-                w.close()
+                if ok:
+                    w.close()  # renames the finished file into place
+                else:
+                    w.abort()  # an error: no partial output file
             if display:
                 cv2.destroyAllWindows()
         elapsed = time.perf_counter() - start
+        truncation = None if stopped_early else reader.truncation
     stats = {
-        "output": out_path,
+        "output": paths.get("out"),
         "files": [w.path for k, w in writers.items() if k != "out"],
         "frames": frames,
+        "frames_expected": info.frame_count,
+        "truncation": truncation,
         "faces": faces_seen,
         "fps_source": info.fps,
         "fps_processed": frames / elapsed if elapsed > 0 else 0.0,
         "stage_ms": timer.per_frame_ms(frames),
     }
+    if truncation:
+        log(f"warning: {truncation}")
     stages = ", ".join(f"{k} {v:.1f} ms" for k, v in stats["stage_ms"].items())
     log(f"{input_spec}: {frames} frames ({faces_seen} face detections) at {stats['fps_processed']:.1f} "
         f"frames/s (source {info.fps:.2f} fps); per frame: {stages}"
-        + (f" -> {out_path}" if out_path else ""))
+        + (f" -> {stats['output']}" if stats["output"] else ""))
     return stats
+
+
+def is_video_input(input_spec: str) -> bool:
+    """Whether `infer --input` names a camera or a video file (else photos)."""
+    return video_io.is_camera(input_spec) or (os.path.isfile(input_spec)
+                                              and video_io.is_video_path(input_spec))
 
 
 def run(model_path: str | None, input_spec: str, output: str | None, *, checkpoint: str | int = "latest",
         **kwargs) -> Any:
-    """Dispatches to photos or video by the input; returns their report."""
-    model = predictors.open_predictor(model_path, checkpoint)
-    if video_io.is_camera(input_spec) or (os.path.isfile(input_spec) and video_io.is_video_path(input_spec)):
-        return process_video(model, input_spec, output, **kwargs)
+    """Dispatches to photos or video by the input; returns their report.
+
+    Inputs and outputs are checked (no output replacing an input, writable
+    output folders) before the model is loaded or any input read.
+    """
+    outputs = {k: kwargs.get(k, False) for k in ("save_masks", "side_by_side_out")}
+    if is_video_input(input_spec):
+        plan_video(input_spec, output, display=kwargs.get("display", False), **outputs)
+        return process_video(predictors.open_predictor(model_path, checkpoint), input_spec, output,
+                             **kwargs)
     if output is None:
-        raise ValueError("--output is required for photos")
+        raise errors.InvalidInputError("--output is required for photos")
+    plan_photos(input_spec, output, **outputs)
     video_only = {k for k in ("max_frames", "smoothing", "min_cutoff", "beta", "display")
                   if k in kwargs}
     photo_kwargs = {k: v for k, v in kwargs.items() if k not in video_only}
-    return process_photos(model, input_spec, output, **photo_kwargs)
+    return process_photos(predictors.open_predictor(model_path, checkpoint), input_spec, output,
+                          **photo_kwargs)

@@ -20,6 +20,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_BREAK_LOCK = flags.DEFINE_bool("break_lock", False, "Take over the workdir's lock left by a "
+                                "trainer that ended without releasing it (see the message).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,7 +40,8 @@ def main(argv):
     if config.eval_face_metrics:
         from deocc_jax import face_metrics  # MediaPipe (and dlib) only when asked for
         fm = face_metrics.FaceMetrics()
-    result = train_lib.train_and_evaluate(config, _WORKDIR.value, face_metrics=fm)
+    result = train_lib.train_and_evaluate(config, _WORKDIR.value, face_metrics=fm,
+                                          break_lock=_BREAK_LOCK.value)
     if result["preempted"]:
         logging.warning("stopped early at step %d after a preemption notice", result["step"])
         sys.exit(train_lib.PREEMPTED_EXIT_CODE)

@@ -21,6 +21,7 @@ import threading
 from typing import Any, Callable
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -30,8 +31,14 @@ from jax.sharding import Mesh
 
 from deocc_jax import checkpointing, errors, eval_lib, loading, models, sharding, steps
 from deocc_jax.data import features, input_pipeline
+from deocc_jax.io import atomic, workdir_lock
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers treat it as "restart me"
+CONFIG_FILE = "config.json"
+
+
+class TrainingDivergedError(errors.UserError, FloatingPointError):
+    """A loss or gradient became NaN/Inf; the message names the last good checkpoint."""
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -250,8 +257,26 @@ class _Reporters:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    # epath: workdirs may be on GCS (gs://...) as well as local disks.
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if "://" in workdir:  # object stores (gs://...) replace an object in one step anyway
+        (epath.Path(workdir) / CONFIG_FILE).write_text(text)
+    else:
+        atomic.write_text(os.path.join(workdir, CONFIG_FILE), text)
+
+
+def _has_validation_data(config: ml_collections.ConfigDict) -> bool:
+    """Whether validation can run: a warning (not an error) when its split is empty."""
+    if config.eval_every_steps <= 0:
+        return False
+    input_pipeline.check_dataset(config, config.eval_split)  # missing shards stay an error
+    if input_pipeline.split_size(config.data_dir, config.eval_split) > 0:
+        return True
+    logging.warning(
+        "the %r split of %s is empty: training goes on without validation, so no checkpoint "
+        "gets %s metrics and --checkpoint=best will mean the latest (set "
+        "--config.eval_every_steps=0 to silence this)", config.eval_split, config.data_dir,
+        checkpointing.BEST_METRIC)
+    return False
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -267,40 +292,67 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # ---------------------------------------------------------------------------
 # The loop.
 
+def _lock_workdir(workdir: str, break_lock: bool) -> workdir_lock.WorkdirLock:
+    """Process 0 locks the workdir for the whole run; every process learns whether it could."""
+    lock = workdir_lock.WorkdirLock(workdir, break_lock=break_lock,
+                                    enabled=jax.process_index() == 0)
+    failure = None
+    try:
+        lock.acquire()
+    except workdir_lock.WorkdirLockedError as e:
+        failure = e
+    if jax.process_count() > 1:
+        # The others would otherwise wait forever for process 0 at the first collective.
+        locked = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+        if not locked and failure is None:
+            raise workdir_lock.WorkdirLockedError(
+                f"--workdir {workdir}: process 0 could not lock it (see its message)")
+    if failure is not None:
+        raise failure
+    return lock
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       face_metrics: Any = None) -> dict[str, Any]:
+                       face_metrics: Any = None, *, break_lock: bool = False) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its newest loadable checkpoint.
+
+    The workdir is locked for the run (`io.workdir_lock`: a second trainer is
+    refused); config.json is written only once the config has been accepted,
+    i.e. after any checkpoint restored into it.
 
     Args:
       config: experiment config (configs/*.py).
       workdir: directory for checkpoints, TensorBoard events, sample PNGs and config.json.
       face_metrics: a `face_metrics.FaceMetrics` for validation, or None.
+      break_lock: take over a stale workdir lock (`--break_lock`).
 
     Returns:
       {"step": last step, "preempted": bool, "metrics": last logged train
       metrics, "eval": last validation metrics}.
 
     Raises:
-      errors.UserError: missing data, wrong resolution, bad batch size.
-      FloatingPointError: a loss or gradient became NaN/Inf (names the step);
-        checkpoints before it are kept.
+      errors.UserError: missing data, wrong resolution, bad batch size, a
+        workdir in use, checkpoints of another config.
+      TrainingDivergedError: a loss or gradient became NaN/Inf (names the step
+        and the last good checkpoint); checkpoints before it are kept.
     """
     mesh = sharding.make_mesh()
     check_config(config, mesh)
     input_pipeline.check_dataset(config, "train")
-    if config.eval_every_steps > 0:
-        input_pipeline.check_dataset(config, config.eval_split)
-    # SIGTERM during set-up or compilation still ends in a clean save at the first step.
-    with PreemptionFlag() as preempt:
-        return _train_loop(config, workdir, mesh, preempt, face_metrics)
+    validation = _has_validation_data(config)
+    lock = _lock_workdir(workdir, break_lock)
+    try:
+        # SIGTERM during set-up or compilation still ends in a clean save at the first step.
+        with PreemptionFlag() as preempt:
+            return _train_loop(config, workdir, mesh, preempt, face_metrics, validation)
+    finally:
+        lock.release()
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-                preempt: PreemptionFlag, face_metrics: Any) -> dict[str, Any]:
+                preempt: PreemptionFlag, face_metrics: Any, validation: bool) -> dict[str, Any]:
     primary = jax.process_index() == 0
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    if primary:
-        _write_config(config, workdir)
 
     train_iter = input_pipeline.make_train_iterator(config)
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
@@ -308,14 +360,26 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                                       async_save=config.async_checkpointing)
     has_checkpoint = bool(ckpt.all_steps())
     setup = build_setup(config, mesh, None if has_checkpoint else initial_generator(config))
-    restored = ckpt.restore_latest_valid(abstract_items(setup), train_iter)
+    try:
+        restored = ckpt.restore_latest_valid(abstract_items(setup), train_iter)
+    except BaseException:
+        ckpt.close()
+        raise
+    # The last checkpoint known to hold a finite, undamaged state: the one just
+    # restored if its checksums verified, then each one this run saves (saves
+    # come after the finiteness check).
+    last_good: int | None = None
     if restored is None:
         state, start = setup.init(), 0
         logging.info("starting from scratch in %s", workdir)
     else:
         start, items = restored
         state = state_from_items(setup, start, items)
+        last_good = start if ckpt.verified.get(start) else None
         logging.info("resumed from checkpoint step %d in %s", start, ckpt.directory)
+    # Only now is the config accepted: a refused resume leaves config.json as it was.
+    if primary:
+        _write_config(config, workdir)
 
     reporters = _Reporters(config, workdir, start)
     prefetch = _Prefetcher(train_iter, functools.partial(sharding.put_batch, mesh))
@@ -326,9 +390,15 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
     def check_finite():
         bad = int(jax.device_get(state.first_bad_step))
         if bad >= 0:
-            raise FloatingPointError(
-                f"loss or gradient became NaN/Inf at step {bad}; stopping. The last good "
-                f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+            if last_good is not None:
+                good = f"the last good checkpoint is step {last_good} in {ckpt.directory}"
+            elif restored is not None:
+                good = (f"no checkpoint is known to be good: step {start}, resumed from, had no "
+                        f"checksums to verify in {ckpt.directory}")
+            else:
+                good = "no checkpoint was saved before it"
+            raise TrainingDivergedError(
+                f"loss or gradient became NaN/Inf at step {bad}; stopping: {good}")
 
     try:
         for step in range(start, num_steps):
@@ -349,8 +419,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                     logging.info("step %d/%d | %s", done, num_steps,
                                  " ".join(f"{k} {v:.4g}" for k, v in means.items()))
             eval_metrics = None
-            if config.eval_every_steps > 0 and (done % config.eval_every_steps == 0
-                                                or done == num_steps):
+            if validation and (done % config.eval_every_steps == 0 or done == num_steps):
                 eval_metrics, grid = eval_lib.validate(mesh, config, steps.eval_variables(state),
                                                        face_metrics=face_metrics)
                 result["eval"] = eval_metrics
@@ -365,6 +434,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                 check_finite()
                 ckpt.save(done, state_items(state), data_state=data_state, config=config,
                           metrics=eval_metrics)
+                last_good = done
             result["step"] = done
             if preempted:
                 ckpt.wait()

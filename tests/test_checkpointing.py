@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from deocc_jax import checkpointing, eval_lib, sharding, steps, train_lib
+from deocc_jax.io import workdir_lock
 from tests import pairs_fixture as pf
 
 pf.enable_compilation_cache()
@@ -86,7 +87,10 @@ def test_resume_after_sigkill_is_bit_identical(reference, data_dir, tmp_path):
     ckpt.close()
     assert CKPT_EVERY <= killed_at < N, f"the run was not interrupted mid-way (latest {killed_at})"
 
-    result = train_lib.train_and_evaluate(_config(data_dir), str(workdir))
+    # The killed trainer could not release its workdir lock: resuming is a decision.
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="stale lock .* no longer running"):
+        train_lib.train_and_evaluate(_config(data_dir), str(workdir))
+    result = train_lib.train_and_evaluate(_config(data_dir), str(workdir), break_lock=True)
     assert result["step"] == N
     _assert_identical(_restore_all(reference, N), _restore_all(workdir, N))
 
@@ -186,15 +190,18 @@ def test_checkpoint_restores_in_fresh_process_with_same_metrics(reference, data_
     assert 0.0 < fresh["ssim"] < 1.0
 
 
-def test_best_and_latest_resolution(reference):
+def test_best_and_latest_resolution(reference, caplog):
     ckpt = checkpointing.Checkpointer(str(reference), read_only=True)
     try:
         assert ckpt.resolve("latest") == N
         assert ckpt.resolve(4) == 4
         with pytest.raises(FileNotFoundError, match="not found"):
             ckpt.resolve(3)
-        with pytest.raises(FileNotFoundError, match="val_ssim"):
-            ckpt.resolve("best")  # the reference run never evaluated
+        # The reference run never evaluated: "best" falls back to the latest, with a warning.
+        with caplog.at_level("WARNING"):
+            assert ckpt.resolve("best") == N
+        assert any("--checkpoint=best" in r.getMessage() and "using the latest" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
     finally:
         ckpt.close()
 

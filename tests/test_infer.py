@@ -141,7 +141,7 @@ def test_clear_errors_for_guided_models_and_broken_photos(tmp_path, model):
         infer_lib.process_photos(_Guided(), photo, str(tmp_path / "o"), log=lambda s: None)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
+    with pytest.raises(ValueError, match="broken.jpg: not_an_image"):  # prep's decoder and reason
         infer_lib.process_photos(model, str(broken), str(tmp_path / "o"), log=lambda s: None)
     with pytest.raises(FileNotFoundError, match="no images"):
         infer_lib.collect_images(str(tmp_path / "*.png"))
