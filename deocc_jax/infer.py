@@ -41,6 +41,11 @@ _REPORT = flags.DEFINE_string("report", None, "Write the run's report (JSON) her
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", infer_lib.DEFAULT_MAX_PIXELS,
                                    "Refuse photos (and video frames) with more pixels than this; "
                                    "the same limit as data prep's --max_pixels.", lower_bound=1)
+_STABILIZE = flags.DEFINE_bool("stabilize", True, "Video: average each restored face over time "
+                               "where it does not move, so it does not flicker.")
+_MASK = flags.DEFINE_string("mask", None, "Guided models: the occluder mask (white = occluded): an "
+                            "image, or for photos a folder of masks named like them.")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
 def main(argv):
@@ -52,7 +57,8 @@ def main(argv):
         save_masks=_SAVE_MASKS.value, side_by_side_out=_SIDE_BY_SIDE.value,
         max_faces=_MAX_FACES.value, min_confidence=_MIN_CONF.value, max_frames=_MAX_FRAMES.value,
         smoothing=_SMOOTH.value, min_cutoff=_MIN_CUTOFF.value, beta=_BETA.value,
-        display=_DISPLAY.value, landmarker_model=_LANDMARKER.value, max_pixels=_MAX_PIXELS.value)
+        display=_DISPLAY.value, landmarker_model=_LANDMARKER.value, max_pixels=_MAX_PIXELS.value,
+        stabilize=_STABILIZE.value, mask=_MASK.value, quiet=_QUIET.value)
     if _REPORT.value:
         with open(_REPORT.value, "w") as f:
             json.dump(report, f, indent=2)

@@ -1,10 +1,13 @@
 """Face de-occlusion of whole photos and videos.
 
-Per image: detect every face (MediaPipe), align each to the training template,
-run the model on the aligned crops in one batch, warp each result back, and
-blend it into the original along a feathered edge of the predicted occlusion
-mask. Pixels where the blend weight is 0 keep their original values exactly,
-so everything outside the (dilated, feathered) occluder is untouched.
+Per image: detect every face (MediaPipe), then `restoration.frames`: align
+each to the training template, run the model on the aligned crops in one
+batch, warp each result back and blend it into the original along a feathered
+edge of the predicted occlusion mask. Pixels where the blend weight is 0 keep
+their original values exactly, so everything outside the (dilated, feathered)
+occluder is untouched. In videos the restored faces are stabilised over time
+(`restoration.stabilize`) so they do not flicker. Guided models get the
+occluder masks from `--mask`.
 
 The model is anything `predictors.open_predictor` opens: the shipped model
 (the default), a training workdir or pretrained folder (JAX), a SavedModel
@@ -22,7 +25,6 @@ expected).
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import time
@@ -32,10 +34,12 @@ import cv2
 import numpy as np
 
 from deocc_jax import errors, predictors
-from deocc_jax.faces import FaceAnalyzer, align
-from deocc_jax.io import atomic, images
+from deocc_jax.faces import FaceAnalyzer
+from deocc_jax.io import atomic, images, progress
 from deocc_jax.io import video as video_io
 from deocc_jax.predictors import Predictor
+from deocc_jax.restoration import frames
+from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Output formats that can hold an alpha channel (RGBA inputs keep theirs there).
@@ -44,159 +48,44 @@ ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")
 # would take gigabytes.
 DEFAULT_MAX_PIXELS = images.DEFAULT_MAX_PIXELS
 
-# Blending, in units of the crop side: the predicted mask (> MASK_THRESHOLD) is
-# grown by DILATE_FRAC so the occluder's soft edge is replaced too, then
-# feathered with a Gaussian of sigma FEATHER_FRAC so no seam shows.
-MASK_THRESHOLD = 0.5
-DILATE_FRAC = 0.03
-FEATHER_FRAC = 0.015
-# Blend weights below this are set to 0: they could not change a uint8 value.
-MIN_ALPHA = 1.0 / 512.0
 
 
-# ----------------------------------------------------------------------------- blending
-
-
-def blend_alpha_crop(mask: np.ndarray, resolution: int) -> np.ndarray:
-    """Feathered blend weights in crop space from a predicted mask.
-
-    Args:
-      mask: float [R, R] or [R, R, 1] occlusion probability.
-      resolution: R.
-
-    Returns:
-      float32 [R, R] in [0, 1]: 1 inside the dilated mask, falling smoothly to
-      0 outside it and towards the crop border (so no crop edge shows).
-    """
-    mask = np.asarray(mask, np.float32).reshape(resolution, resolution)
-    hard = (mask > MASK_THRESHOLD).astype(np.uint8)
-    sigma = max(FEATHER_FRAC * resolution, 0.5)
-    grow = max(1, int(round(DILATE_FRAC * resolution + 2 * sigma)))
-    hard = cv2.dilate(hard, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    alpha = cv2.GaussianBlur(hard.astype(np.float32), (0, 0), sigma)
-    # Ramp down over 3 sigma next to the crop border: the crop's footprint
-    # edge never becomes a hard seam.
-    ramp = np.clip((np.arange(resolution) + 0.5) / (3 * sigma), 0, 1)
-    ramp = np.minimum(ramp, ramp[::-1])
-    alpha *= np.minimum(ramp[:, None], ramp[None, :])
-    alpha[alpha < MIN_ALPHA] = 0.0
-    return alpha
-
-
-def crop_roi(M: np.ndarray, resolution: int, shape_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the photo region a crop's footprint falls in, clipped to the photo."""
-    h, w = shape_hw
-    corners = np.array([[0, 0], [resolution, 0], [0, resolution], [resolution, resolution]], np.float64)
-    pts = align.transform_landmarks(corners, align.inverse_matrix(M))
-    x0, y0 = np.floor(pts.min(0)).astype(int) - 1
-    x1, y1 = np.ceil(pts.max(0)).astype(int) + 1
-    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-
-
-def _roi_matrix(M: np.ndarray, x0: int, y0: int) -> np.ndarray:
-    """Image->crop matrix for pixels of a sub-image whose origin is (x0, y0)."""
-    M = np.asarray(M, np.float64)
-    return np.concatenate([M[:, :2], (M[:, :2] @ np.array([x0, y0]) + M[:, 2])[:, None]], axis=1)
-
-
-def paste_face(image: np.ndarray, restored_crop: np.ndarray, alpha_crop: np.ndarray,
-               M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Blends a restored crop back into the image.
-
-    Only the crop's footprint is warped (not the whole photo), which keeps the
-    cost per face independent of the photo size.
-
-    Args:
-      image: uint8 [H, W, 3] the photo (after earlier faces were pasted).
-      restored_crop: uint8 [R, R, 3] model output for this face.
-      alpha_crop: float32 [R, R] blend weights in crop space.
-      M: 2x3 image -> crop matrix used for the crop.
-
-    Returns:
-      (uint8 [H, W, 3] blended image, float32 [H, W] blend weights). Where the
-      weight is 0 the image is returned bit-for-bit unchanged.
-    """
-    h, w = image.shape[:2]
-    weights = np.zeros((h, w), np.float32)
-    x0, y0, x1, y1 = crop_roi(M, alpha_crop.shape[0], (h, w))
-    if x1 <= x0 or y1 <= y0:
-        return image, weights
-    Mr = _roi_matrix(M, x0, y0)
-    alpha = align.warp_back(alpha_crop, Mr, (y1 - y0, x1 - x0)).astype(np.float32)
-    alpha[alpha < MIN_ALPHA] = 0.0
-    region = alpha > 0
-    if not region.any():
-        return image, weights
-    restored = align.warp_back(restored_crop, Mr, (y1 - y0, x1 - x0)).astype(np.float32)
-    roi = image[y0:y1, x0:x1]
-    orig = roi.astype(np.float32)
-    mixed = orig + alpha[..., None] * (restored - orig)
-    out = image.copy()
-    out_roi = out[y0:y1, x0:x1]
-    out_roi[region] = np.clip(np.round(mixed[region]), 0, 255).astype(np.uint8)
-    weights[y0:y1, x0:x1] = alpha
-    return out, weights
-
-
-@dataclasses.dataclass
-class FaceOutput:
-    """One processed face."""
-    matrix: np.ndarray        # 2x3 image -> crop
-    crop: np.ndarray          # uint8 [R, R, 3] aligned input
-    restored: np.ndarray      # uint8 [R, R, 3] model output
-    mask: np.ndarray          # float32 [R, R] predicted occlusion probability
-
-
-def _require_blind(model: Predictor) -> None:
-    if model.guided:
+def _check_guidance(model: Predictor, masks: GuideMasks | None) -> None:
+    if model.guided and masks is None:
         raise errors.InvalidInputError(
-            f"{model.description} is a guided model: it needs the occluder mask as input, which "
-            "real photos do not have. Use a blind model (one that predicts its own mask).")
+            f"{model.description} is a guided model: pass the occluder masks with --mask (an "
+            "image, or a folder of masks named like the photos)")
+    if not model.guided and masks is not None:
+        raise errors.InvalidInputError(
+            f"--mask {masks.spec}: {model.description} is a blind model (it finds the occluder "
+            "itself); drop --mask or use a guided model")
 
 
-def restore_faces(image: np.ndarray, landmarks: Sequence[np.ndarray], model: Predictor,
-                  timer: video_io.StageTimer | None = None) -> tuple[np.ndarray, np.ndarray, list[FaceOutput]]:
-    """Restores every face in one RGB image.
+class GuideMasks:
+    """`--mask` for photos: one mask image for every photo, or a folder matched by name.
 
-    Args:
-      image: uint8 [H, W, 3] RGB.
-      landmarks: one [478, 2] pixel landmark array per face.
-      model: a blind Predictor (it predicts its own mask).
-      timer: optional StageTimer receiving "align", "model" and "blend" times.
-
-    Returns:
-      (restored image, float32 [H, W] max blend weight over faces, per-face outputs).
+    A mask is white (> 127) where the occluder is, either the photo's size (in the
+    picture) or square (on the aligned face template); see `frames.GuideMask`.
     """
-    timer = timer or video_io.StageTimer()
-    h, w = image.shape[:2]
-    if not landmarks:
-        return image, np.zeros((h, w), np.float32), []
-    _require_blind(model)
-    r = model.resolution
-    with timer("align"):
-        mats = [align.alignment_matrix(lm, r) for lm in landmarks]
-        crops = np.stack([align.warp_to_crop(image, m, r) for m in mats])
-    with timer("model"):
-        out = model(crops)
-    faces = [FaceOutput(m, c, d, np.asarray(k, np.float32).reshape(r, r))
-             for m, c, d, k in zip(mats, crops, out["deoccluded"], out["mask"])]
-    with timer("blend"):
-        result, weights = image, np.zeros((h, w), np.float32)
-        for f in faces:
-            result, alpha = paste_face(result, f.restored, blend_alpha_crop(f.mask, r), f.matrix)
-            weights = np.maximum(weights, alpha)
-    return result, weights, faces
 
+    def __init__(self, spec: str):
+        self.spec = spec
+        if not os.path.exists(spec):
+            raise errors.InputNotFoundError(f"--mask {spec}: no such file or folder")
+        self._by_stem = None
+        if os.path.isdir(spec):
+            self._by_stem = {os.path.splitext(n)[0]: os.path.join(spec, n)
+                             for n in sorted(os.listdir(spec)) if n.lower().endswith(IMAGE_EXTENSIONS)}
 
-def mask_image(faces: Sequence[FaceOutput], shape_hw: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W] predicted occlusion probability of all faces, in photo pixels."""
-    full = np.zeros(shape_hw, np.float32)
-    for f in faces:
-        x0, y0, x1, y1 = crop_roi(f.matrix, f.mask.shape[0], shape_hw)
-        if x1 > x0 and y1 > y0:
-            part = align.warp_back(f.mask, _roi_matrix(f.matrix, x0, y0), (y1 - y0, x1 - x0))
-            full[y0:y1, x0:x1] = np.maximum(full[y0:y1, x0:x1], part)
-    return np.clip(np.round(full * 255), 0, 255).astype(np.uint8)
+    def for_photo(self, photo: str, shape_hw: tuple[int, int]) -> frames.GuideMask:
+        path = self.spec
+        if self._by_stem is not None:
+            stem = os.path.splitext(os.path.basename(photo))[0]
+            if stem not in self._by_stem:
+                raise errors.InputNotFoundError(
+                    f"--mask {self.spec}: no mask named {stem}.* for {photo}")
+            path = self._by_stem[stem]
+        return frames.GuideMask(path, shape_hw)
 
 
 # ----------------------------------------------------------------------------- photos
@@ -321,8 +210,8 @@ def plan_photos(input_spec: str, output: str, *, save_masks: bool = False,
 def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks: bool = False,
                    side_by_side_out: bool = False, max_faces: int = 8,
                    min_confidence: float = 0.3, landmarker_model: str | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS,
-                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, masks: GuideMasks | None = None,
+                   quiet: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Restores every face in every photo of `input_spec`.
 
     A photo that cannot be decoded (truncated, corrupt, not an image, more
@@ -340,6 +229,8 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
       min_confidence: MediaPipe detection threshold.
       landmarker_model: explicit face_landmarker.task path.
       max_pixels: the pixel limit (the same as data prep's `--max_pixels`).
+      masks: occluder masks for a guided model (`--mask`).
+      quiet: no progress bar.
       log: where progress lines go.
 
     Returns:
@@ -352,13 +243,16 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
         (raised before any photo is read).
       images.DecodeError: the only input photo cannot be decoded.
     """
-    _require_blind(model)
+    _check_guidance(model, masks)
     inputs, outputs = plan_photos(input_spec, output, save_masks=save_masks,
                                   side_by_side_out=side_by_side_out)
     reports = []
     with FaceAnalyzer(mode="image", num_faces=max_faces, min_confidence=min_confidence,
-                      model_path=landmarker_model) as analyzer:
+                      model_path=landmarker_model) as analyzer, \
+            progress.bar(total=len(inputs), desc="photos", unit="photo",
+                         quiet=quiet or len(inputs) == 1) as bar:
         for path in inputs:
+            bar.update()
             out_path = outputs[path]
             try:
                 image, alpha = read_photo(path, max_pixels)
@@ -385,11 +279,13 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
                 log(f"{path}: has an alpha channel, which {os.path.splitext(out_path)[1]} cannot "
                     "hold; it is dropped (write .png to keep it)")
                 alpha = None
-            restored, _, face_outs = restore_faces(image, [f.landmarks for f in faces], model)
+            guide = None if masks is None else masks.for_photo(path, image.shape[:2])
+            result = frames.restore_frame(image, [f.landmarks for f in faces], model, guide=guide)
+            restored = result.image
             write_rgb(out_path, restored, alpha)
             if save_masks:
                 rep["files"].append(_with_suffix(out_path, "mask"))
-                write_rgb(rep["files"][-1], mask_image(face_outs, image.shape[:2]))
+                write_rgb(rep["files"][-1], result.mask_image())
             if side_by_side_out:
                 rep["files"].append(_with_suffix(out_path, "side_by_side"))
                 write_rgb(rep["files"][-1], side_by_side(image, restored))
@@ -458,6 +354,7 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
                   smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 1.0,
                   min_confidence: float = 0.3, landmarker_model: str | None = None,
                   display: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  stabilize: bool = True, mask: str | None = None, quiet: bool = False,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Restores faces in every frame of a video file or camera.
 
@@ -482,22 +379,29 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
       landmarker_model: explicit face_landmarker.task path.
       display: show frames in a window (press q to stop).
       max_pixels: refuse frames larger than this (data prep's pixel limit).
+      stabilize: average each restored face over time where it does not move
+        (`restoration.stabilize`), so it does not flicker.
+      mask: for a guided model, the occluder mask image (the frame's size, or
+        square on the aligned face).
+      quiet: no progress bar.
       log: where the summary goes.
 
     Returns:
       {"output", "frames", "frames_expected", "truncation", "fps_source",
       "fps_processed", "stage_ms", "files"}.
     """
-    _require_blind(model)
+    if model.guided != (mask is not None):
+        _check_guidance(model, None if mask is None else GuideMasks(mask))
     paths = plan_video(input_spec, output, save_masks=save_masks,
                        side_by_side_out=side_by_side_out, display=display)
     timer = video_io.StageTimer()
     smoother = video_io.LandmarkSmoother(min_cutoff, beta) if smoothing else None
+    stabilizer = TemporalStabilizer(StabilizerOptions()) if stabilize else None
     # Compile / warm up for 1 and 2 faces before timing: the first call of a
     # jitted model includes compilation, which is not the steady frame rate.
-    warm = np.zeros((1, model.resolution, model.resolution, 3), np.uint8)
-    model(warm)
-    model(np.concatenate([warm, warm]))
+    for n in (1, 2):
+        warm = np.zeros((n, model.resolution, model.resolution, 3), np.uint8)
+        model(warm, np.zeros(warm.shape[:3] + (1,), np.uint8) if model.guided else None)
 
     with video_io.VideoReader(input_spec) as reader, \
             FaceAnalyzer(mode="video", num_faces=max_faces, min_confidence=min_confidence,
@@ -508,8 +412,9 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
                 images.TOO_LARGE, f"{info.width}x{info.height} = {info.width * info.height} pixels "
                 f"per frame > limit {max_pixels}", input_spec)
         audio = input_spec if not video_io.is_camera(input_spec) and info.audio_streams else None
+        guide = None if mask is None else frames.GuideMask(mask, (info.height, info.width))
         writers: dict[str, video_io.VideoWriter] = {}
-        frames, faces_seen, last_ms = 0, 0, -1
+        n_frames, faces_seen, last_ms = 0, 0, -1
         stopped_early = False
         start = time.perf_counter()
         ok = False
@@ -524,7 +429,10 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
             if "sbs" in paths:
                 writers["sbs"] = video_io.VideoWriter(paths["sbs"], info.fps, 2 * info.width,
                                                       info.height, time_base=info.time_base)
+            bar = progress.bar(total=None if video_io.is_camera(input_spec) else info.frame_count,
+                               desc=os.path.basename(input_spec), quiet=quiet or display)
             for frame in reader.timed_frames():
+                bar.update()
                 if max_frames is not None and frame.index >= max_frames:
                     stopped_early = True
                     break
@@ -536,18 +444,20 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
                     lms = [f.landmarks for f in faces]
                     if smoother is not None:
                         lms = smoother(lms, frame.time_s)
-                restored, _, face_outs = restore_faces(frame.rgb, lms, model, timer)
+                result = frames.restore_frame(frame.rgb, lms, model, stabilizer=stabilizer,
+                                              time_s=frame.time_s, guide=guide, timer=timer)
+                restored = result.image
                 faces_seen += len(lms)
                 with timer("io"):
                     if "out" in writers:
                         writers["out"].write(restored, time_s=frame.time_s)
                     if "mask" in writers:
-                        m = mask_image(face_outs, frame.rgb.shape[:2])
+                        m = result.mask_image()
                         writers["mask"].write(np.repeat(m[..., None], 3, axis=-1),
                                               time_s=frame.time_s)
                     if "sbs" in writers:
                         writers["sbs"].write(side_by_side(frame.rgb, restored), time_s=frame.time_s)
-                    frames += 1
+                    n_frames += 1
                     if display:
                         cv2.imshow("deocc (q to quit)", cv2.cvtColor(side_by_side(frame.rgb, restored),
                                                                    cv2.COLOR_RGB2BGR))
@@ -564,6 +474,7 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
                     w.close()  # renames the finished file into place
                 else:
                     w.abort()  # an error: no partial output file
+            bar.close()
             if display:
                 cv2.destroyAllWindows()
         elapsed = time.perf_counter() - start
@@ -571,18 +482,18 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
     stats = {
         "output": paths.get("out"),
         "files": [w.path for k, w in writers.items() if k != "out"],
-        "frames": frames,
+        "frames": n_frames,
         "frames_expected": info.frame_count,
         "truncation": truncation,
         "faces": faces_seen,
         "fps_source": info.fps,
-        "fps_processed": frames / elapsed if elapsed > 0 else 0.0,
-        "stage_ms": timer.per_frame_ms(frames),
+        "fps_processed": n_frames / elapsed if elapsed > 0 else 0.0,
+        "stage_ms": timer.per_frame_ms(n_frames),
     }
     if truncation:
         log(f"warning: {truncation}")
     stages = ", ".join(f"{k} {v:.1f} ms" for k, v in stats["stage_ms"].items())
-    log(f"{input_spec}: {frames} frames ({faces_seen} face detections) at {stats['fps_processed']:.1f} "
+    log(f"{input_spec}: {n_frames} frames ({faces_seen} face detections) at {stats['fps_processed']:.1f} "
         f"frames/s (source {info.fps:.2f} fps); per frame: {stages}"
         + (f" -> {stats['output']}" if stats["output"] else ""))
     return stats
@@ -609,8 +520,10 @@ def run(model_path: str | None, input_spec: str, output: str | None, *, checkpoi
     if output is None:
         raise errors.InvalidInputError("--output is required for photos")
     plan_photos(input_spec, output, **outputs)
-    video_only = {k for k in ("max_frames", "smoothing", "min_cutoff", "beta", "display")
-                  if k in kwargs}
+    video_only = {k for k in ("max_frames", "smoothing", "min_cutoff", "beta", "display",
+                              "stabilize", "mask") if k in kwargs}
     photo_kwargs = {k: v for k, v in kwargs.items() if k not in video_only}
+    if kwargs.get("mask"):
+        photo_kwargs["masks"] = GuideMasks(kwargs["mask"])
     return process_photos(predictors.open_predictor(model_path, checkpoint), input_spec, output,
                           **photo_kwargs)

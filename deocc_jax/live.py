@@ -32,7 +32,8 @@ import os
 from absl import app, flags
 
 from deocc_jax import errors, loading
-from deocc_jax.streaming import session, stabilize, tracking
+from deocc_jax.restoration import stabilize
+from deocc_jax.streaming import session, tracking
 
 _INPUT = flags.DEFINE_string("input", "0", "Camera index (0, 1, ...) or a video file.")
 _MODEL = flags.DEFINE_string("model", None, "Model: a pretrained folder, a workdir, an export, "

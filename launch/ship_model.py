@@ -56,15 +56,15 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
                           face_metrics=fm, log=log)
     demo = os.path.join(tmp, "demo_input.png")
     demo_photo.occluded_demo_photo(sample_photos.face_photo_paths()[0], demo, 0, occluders_dir)
-    reports = infer_lib.process_photos(predictors.open_predictor(tmp), demo, tmp,
-                                       side_by_side_out=True, log=log)
+    reports = infer_lib.process_photos(predictors.open_predictor(tmp), demo,
+                                       os.path.join(tmp, "demo_output"), side_by_side_out=True,
+                                       log=log)
     side_by_side = infer_lib.read_rgb(reports[0]["files"][0])
     scale = 256 / side_by_side.shape[0]  # a small picture for the card, not a dataset
     infer_lib.write_rgb(os.path.join(tmp, "demo.png"), cv2.resize(
         side_by_side, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
-    os.remove(reports[0]["files"][0])
+    shutil.rmtree(os.path.join(tmp, "demo_output"))
     os.remove(demo)
-    os.remove(reports[0]["output"])
     if os.path.exists(out):
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -11,6 +11,7 @@ import pytest
 
 from deocc_jax import infer_lib, predictors, sample_photos
 from deocc_jax.faces import FaceAnalyzer, align
+from deocc_jax.restoration import blend, frames
 from deocc_jax.io import video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +29,14 @@ def test_pixels_outside_the_blend_are_unchanged(quickstart_run, model, tmp_path)
     with FaceAnalyzer() as analyzer:
         faces = analyzer.detect(image)
     assert len(faces) == 1
-    out, weights, face_outs = infer_lib.restore_faces(image, [f.landmarks for f in faces], model)
+    result = frames.restore_frame(image, [f.landmarks for f in faces], model)
+    out, weights = result.image, result.weights
     inside = weights > 0
     assert inside.any() and not inside.all()
     np.testing.assert_array_equal(out[~inside], image[~inside])
     # Nothing changes outside the aligned face crop's footprint in the photo.
     footprint = align.warp_back(np.ones((model.resolution,) * 2, np.float32),
-                                face_outs[0].matrix, image.shape[:2]) > 0
+                                result.faces.matrices[0], image.shape[:2]) > 0
     changed = np.any(out != image, axis=-1)
     assert changed.any() and not np.any(changed & ~footprint)
     assert footprint.mean() < 0.5
@@ -52,7 +54,7 @@ def test_pixels_outside_the_blend_are_unchanged(quickstart_run, model, tmp_path)
 def test_blend_alpha_is_feathered_and_zero_at_crop_border():
     mask = np.zeros((64, 64), np.float32)
     mask[30:50, 16:48] = 1.0
-    alpha = infer_lib.blend_alpha_crop(mask, 64)
+    alpha = blend.blend_alpha_crop(mask, 64)
     assert alpha[40, 32] == pytest.approx(1.0, abs=1e-3)  # inside the mask: fully replaced
     assert 0 < alpha[40, 50] < 1                           # the feathered edge
     assert alpha[5, 5] == 0 and np.all(alpha[0] == 0) and np.all(alpha[:, -1] == 0)
@@ -137,7 +139,7 @@ class _Guided:
 
 def test_clear_errors_for_guided_models_and_broken_photos(tmp_path, model):
     photo = sample_photos.face_photo_paths()[0]
-    with pytest.raises(ValueError, match="guided model: it needs the occluder mask"):
+    with pytest.raises(ValueError, match="guided model: pass the occluder masks with --mask"):
         infer_lib.process_photos(_Guided(), photo, str(tmp_path / "o"), log=lambda s: None)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")

@@ -18,8 +18,9 @@ import pyvirtualcam
 
 from deocc_jax import errors, sample_photos
 from deocc_jax.io import video
-from deocc_jax.streaming import clips, mjpeg, restore, session, virtualcam
-from deocc_jax.streaming.stabilize import StabilizerOptions
+from deocc_jax.restoration import frames as restore
+from deocc_jax.streaming import clips, mjpeg, session, virtualcam
+from deocc_jax.restoration.stabilize import StabilizerOptions
 from tests.test_live_parts import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

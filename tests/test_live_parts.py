@@ -10,8 +10,9 @@ import pytest
 from configs import tiny
 from deocc_jax import infer_lib, loading, models, predictors, sample_photos
 from deocc_jax.faces import FaceAnalyzer
-from deocc_jax.streaming import clips, flicker, queues, restore
-from deocc_jax.streaming.stabilize import StabilizerOptions, TemporalStabilizer
+from deocc_jax.restoration import frames as restore
+from deocc_jax.streaming import clips, flicker, queues
+from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 from deocc_jax.streaming.stats import LiveStats, format_line
 from deocc_jax.streaming.tracking import LandmarkTracker, TrackerOptions
 
@@ -120,15 +121,6 @@ def photo_and_landmarks():
         faces = analyzer.detect(image)
     assert faces
     return image, [f.landmarks for f in faces]
-
-
-def test_restore_frame_is_infer_libs_restoration_without_stabiliser(photo_and_landmarks):
-    image, landmarks = photo_and_landmarks
-    model = tiny_model(64)
-    ours, weights = restore.restore_frame(image, landmarks, model)
-    theirs, their_weights, _ = infer_lib.restore_faces(image, landmarks, model)
-    np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(weights, their_weights)
 
 
 def test_stabiliser_averages_noise_but_follows_real_change():

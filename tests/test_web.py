@@ -3,7 +3,7 @@
 The page is served on loopback by `deocc_jax.web`, given a real photo (a
 public-domain portrait with an occluder drawn on, as the quickstart does) by
 drag and drop, and a fake camera playing a video of it. Each time the canvas
-it shows is checked against the Python path (`infer_lib.restore_faces` with
+it shows is checked against the Python path (`restoration.frames.restore_frame` with
 the same ONNX file opened by `predictors.open_predictor`, i.e. onnxruntime):
 
 - pixels inside the occluder changed, pixels outside the face's crop are
@@ -42,6 +42,7 @@ from deocc_jax import errors, infer_lib, models, predictors, sample_photos, web
 from deocc_jax.exporters import onnx as onnx_export
 from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer, largest_face
+from deocc_jax.restoration import blend, frames
 from launch import demo_photo
 
 CHROMIUM = os.environ.get("DEOCC_CHROMIUM", "/usr/bin/chromium")
@@ -251,10 +252,11 @@ def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model,
     np.testing.assert_allclose(np.asarray(last["matrices"][0]).reshape(2, 3), py_matrix,
                                rtol=0, atol=1e-9)
 
-    want, weights, _ = infer_lib.restore_faces(before, faces, model)
+    restored = frames.restore_frame(before, faces, model)
+    want, weights = restored.image, restored.weights
     diff = np.abs(after.astype(int) - want)
     # Outside the crop's footprint nothing may change, to the byte.
-    x0, y0, x1, y1 = infer_lib.crop_roi(py_matrix, RESOLUTION, (h, w))
+    x0, y0, x1, y1 = blend.crop_roi(py_matrix, RESOLUTION, (h, w))
     outside = np.ones((h, w), bool)
     outside[y0:y1, x0:x1] = False
     assert outside.sum() > 0.3 * h * w
@@ -304,8 +306,8 @@ def test_port_matches_python_geometry(page):
         # value on a .5 boundary may round the other way (measured: <= 0.06% of values).
         assert np.abs(crop - want).max() <= 1 and (crop != want).mean() < 0.002, r
         np.testing.assert_allclose(np.asarray(got["alpha"]).reshape(r, r),
-                                   infer_lib.blend_alpha_crop(mask, r), rtol=0, atol=1e-6)
-        assert tuple(got["roi"]) == infer_lib.crop_roi(m, r, (240, 320))
+                                   blend.blend_alpha_crop(mask, r), rtol=0, atol=1e-6)
+        assert tuple(got["roi"]) == blend.crop_roi(m, r, (240, 320))
 
 
 def test_photo_restored_like_python(page, photo, python_model):
@@ -323,7 +325,8 @@ def test_photo_restored_like_python(page, photo, python_model):
     with FaceAnalyzer(mode="image", num_faces=8, min_confidence=0.3) as analyzer:
         face = largest_face(analyzer.detect(photo["image"]))
     own = np.linalg.norm(face.landmarks - page_landmarks(last)[0], axis=-1)
-    want, weights, _ = infer_lib.restore_faces(photo["image"], [face.landmarks], python_model)
+    restored = frames.restore_frame(photo["image"], [face.landmarks], python_model)
+    want, weights = restored.image, restored.weights
     region = weights > 0
     mean_diff = float(np.abs(after.astype(int) - want)[region].mean())
     report = {**same, "landmark_px_max": float(own.max()), "landmark_px_mean": float(own.mean()),

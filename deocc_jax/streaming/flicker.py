@@ -27,9 +27,9 @@ from absl import flags
 
 from deocc_jax import errors, predictors, sample_photos
 from deocc_jax.faces import landmarks as lmk
-from deocc_jax.streaming import restore
+from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming.clips import MOTIONS, Clip, standard_clips  # noqa: F401 (re-exported)
-from deocc_jax.streaming.stabilize import StabilizerOptions, TemporalStabilizer
+from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 from deocc_jax.streaming.tracking import LandmarkTracker, TrackerOptions
 
 # The processing variants compared (tracker options, stabiliser options).
@@ -83,9 +83,8 @@ def process_clip(model, clip: Clip, tracker: TrackerOptions, stabilizer: Stabili
             time_s = t / clip.fps
             lms = track(clip.occluded[t], time_s)
             guide = restore.GuideMask.from_array(clip.region[t]) if guided_truth else None
-            out, _ = restore.restore_frame(clip.occluded[t], lms, model, stabilizer=stab,
-                                           time_s=time_s, guide=guide)
-            outs.append(out)
+            outs.append(restore.restore_frame(clip.occluded[t], lms, model, stabilizer=stab,
+                                              time_s=time_s, guide=guide).image)
             faces += len(lms)
     elapsed = time.perf_counter() - start
     return np.stack(outs), {"ms_per_frame": 1000.0 * elapsed / len(clip),

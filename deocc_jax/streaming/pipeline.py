@@ -26,8 +26,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from deocc_jax.io import video as video_io
-from deocc_jax.streaming import queues, restore
-from deocc_jax.streaming.stabilize import StabilizerOptions, TemporalStabilizer
+from deocc_jax.restoration import frames as restore
+from deocc_jax.streaming import queues
+from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 from deocc_jax.streaming.stats import LiveStats
 from deocc_jax.streaming.tracking import LandmarkTracker, TrackerOptions
 

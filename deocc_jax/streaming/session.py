@@ -22,10 +22,11 @@ from deocc_jax import errors, infer_lib, predictors
 from deocc_jax.io import progress
 from deocc_jax.io import video as video_io
 from deocc_jax.streaming import sinks as sinks_lib
-from deocc_jax.streaming import mjpeg, queues, restore, sources
+from deocc_jax.restoration import frames as restore
+from deocc_jax.streaming import mjpeg, queues, sources
 from deocc_jax.streaming import stats as stats_lib
 from deocc_jax.streaming.pipeline import LivePipeline, PipelineOptions
-from deocc_jax.streaming.stabilize import StabilizerOptions
+from deocc_jax.restoration.stabilize import StabilizerOptions
 from deocc_jax.streaming.tracking import TrackerOptions
 from deocc_jax.streaming.virtualcam import VirtualCamera
 

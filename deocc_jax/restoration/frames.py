@@ -1,13 +1,13 @@
-"""One frame's faces restored in three steps that pipeline threads can run apart.
+"""One photo's or frame's faces restored in three steps that pipeline threads can run apart.
 
     crops = align_faces(frame, landmarks, model.resolution, guide)   # detect thread's output
     out = run_model(model, crops)                                    # model thread
     image, weights = blend_faces(frame, crops, out, stabilizer, t)   # output thread
 
-`restore_frame` chains them for sequential use (the flicker measurement, tests).
-Without a stabiliser the result is exactly `infer_lib.restore_faces`'s; the
-blending itself is `infer_lib`'s (`blend_alpha_crop`, `paste_face`), so photos,
-videos and live frames are blended identically.
+`restore_frame` chains them for sequential use (photos, video files, the
+flicker measurement). Crops are padded like the training crops
+(`align.padded_crop`); blending is `restoration.blend`'s, so photos, videos
+and live frames are restored identically.
 
 Guided models (given the occluder mask) get it from a `GuideMask`: one mask
 image either in frame coordinates (it stays where it is in the picture) or in
@@ -22,9 +22,11 @@ import os
 import cv2
 import numpy as np
 
-from deocc_jax import errors, infer_lib
+from deocc_jax import errors
 from deocc_jax.faces import align
-from deocc_jax.streaming.stabilize import TemporalStabilizer
+from deocc_jax.io import video as video_io
+from deocc_jax.restoration import blend
+from deocc_jax.restoration.stabilize import TemporalStabilizer
 
 
 class GuideMask:
@@ -152,14 +154,51 @@ def blend_faces(image: np.ndarray, faces: FaceCrops, out: ModelOutput,
     result, weights = image, np.zeros((h, w), np.float32)
     r = faces.crops.shape[1]
     for M, rgb, mask in zip(faces.matrices, restored, masks):
-        result, alpha = infer_lib.paste_face(result, rgb, infer_lib.blend_alpha_crop(mask, r), M)
+        result, alpha = blend.paste_face(result, rgb, blend.blend_alpha_crop(mask, r), M)
         weights = np.maximum(weights, alpha)
     return result, weights
 
 
+@dataclasses.dataclass
+class Restored:
+    """One restored photo or frame.
+
+    Attributes:
+      image: uint8 [H, W, 3] result.
+      weights: float32 [H, W] max blend weight over faces (0 = untouched pixel).
+      faces: the aligned faces.
+      out: the model's outputs for them.
+    """
+    image: np.ndarray
+    weights: np.ndarray
+    faces: FaceCrops
+    out: ModelOutput
+
+    def mask_image(self) -> np.ndarray:
+        """uint8 [H, W] predicted occlusion probability of all faces, in image pixels."""
+        return blend.mask_image(self.faces.matrices, self.out.masks, self.image.shape[:2])
+
+
 def restore_frame(image: np.ndarray, landmarks: list[np.ndarray], model, *,
                   stabilizer: TemporalStabilizer | None = None, time_s: float = 0.0,
-                  guide: GuideMask | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Restores every face of one frame: `align_faces`, `run_model`, `blend_faces`."""
-    faces = align_faces(image, landmarks, model.resolution, guide)
-    return blend_faces(image, faces, run_model(model, faces), stabilizer, time_s)
+                  guide: GuideMask | None = None,
+                  timer: video_io.StageTimer | None = None) -> Restored:
+    """Restores every face of one image: `align_faces`, `run_model`, `blend_faces`.
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      landmarks: one [478, 2] pixel landmark array per face.
+      model: a `predictors.Predictor`.
+      stabilizer: temporal stabilisation across calls (video), or None.
+      time_s: the frame's time, for the stabiliser.
+      guide: the occluder mask, for guided models.
+      timer: receives "align", "model" and "blend" times.
+    """
+    timer = timer or video_io.StageTimer()
+    with timer("align"):
+        faces = align_faces(image, landmarks, model.resolution, guide)
+    with timer("model"):
+        out = run_model(model, faces)
+    with timer("blend"):
+        result, weights = blend_faces(image, faces, out, stabilizer, time_s)
+    return Restored(result, weights, faces, out)
