@@ -112,15 +112,20 @@ def select_photos(photos_dir: str, max_photos: int, out_dir: str) -> list[str]:
     return out
 
 
+# Marks a data set this module built (and may therefore rebuild).
+BUILT_HERE = "benchmark_dataset.json"
+
+
 def prepare_dataset(data_dir: str, *, photos_dir: str = DEFAULT_PHOTOS, max_photos: int = 120,
                     resolution: int = 128, variants_per_face: int = 2, seed: int = 0,
                     occluders_dir: str | None = DEFAULT_OCCLUDERS,
                     splits: str = DEFAULT_SPLITS, log=print) -> dict[str, Any]:
     """The benchmark data set in `data_dir`, built with data_prep.build_dataset unless present.
 
-    An existing data set is reused when its dataset_info.json has the same resolution,
-    variants, seed and photo count (what the benchmarks' numbers depend on); otherwise it is
-    rebuilt.
+    A data set the benchmark did not build (no BUILT_HERE marker: the user's own, given
+    with --data_dir) is used as it is and never replaced. One the benchmark built is
+    reused when its dataset_info.json has the same resolution, variants, seed and photo
+    count (what the benchmarks' numbers depend on); otherwise it is rebuilt.
 
     Returns:
       The dataset_info dict.
@@ -130,6 +135,10 @@ def prepare_dataset(data_dir: str, *, photos_dir: str = DEFAULT_PHOTOS, max_phot
     info_path = os.path.join(data_dir, "dataset_info.json")
     if os.path.exists(info_path):
         info = features.read_dataset_info(data_dir)
+        if not os.path.exists(os.path.join(data_dir, BUILT_HERE)):
+            log(f"using the data set in {data_dir} as it is ({info['resolution']} px, "
+                f"{info.get('images')}); the benchmark never replaces a data set it did not build")
+            return info
         same = (int(info["resolution"]) == resolution
                 and int(info.get("variants_per_face", -1)) == variants_per_face
                 and int(info.get("seed", -1)) == seed
@@ -137,7 +146,7 @@ def prepare_dataset(data_dir: str, *, photos_dir: str = DEFAULT_PHOTOS, max_phot
         if same:
             log(f"reusing the data set in {data_dir}")
             return info
-        log(f"{data_dir} holds another data set ({info['resolution']} px, "
+        log(f"{data_dir} holds another data set the benchmark built ({info['resolution']} px, "
             f"{info.get('variants_per_face')} variants, {info.get('images')}); rebuilding")
     from data_prep.build import build_dataset
 
@@ -145,9 +154,12 @@ def prepare_dataset(data_dir: str, *, photos_dir: str = DEFAULT_PHOTOS, max_phot
                           os.path.basename(os.path.normpath(data_dir)) + "_photos")
     select_photos(photos_dir, max_photos, photos)
     log(f"preparing {max_photos} photos from {photos_dir} at {resolution} px into {data_dir}")
-    return build_dataset(photos, data_dir, resolution=resolution,
+    info = build_dataset(photos, data_dir, resolution=resolution,
                          variants_per_face=variants_per_face, seed=seed, splits=splits,
                          occluders_dir=occluders_dir, overwrite=True)
+    with open(os.path.join(data_dir, BUILT_HERE), "w") as f:
+        json.dump({"photos_dir": os.path.abspath(photos_dir), "max_photos": max_photos}, f)
+    return info
 
 
 def dataset_summary(info: Mapping[str, Any], data_dir: str) -> dict[str, Any]:

@@ -280,3 +280,17 @@ def test_quality_end_to_end_with_the_real_trainer(tmp_path_factory, faces_dir, t
     assert rec["baselines"]["occluded_input"]["masked_psnr"] < rec["baselines"]["opencv_telea"]["masked_psnr"]
     assert "| guided | " in quality.markdown_report(rec)
     json.dumps(rec)
+
+
+def test_prepare_dataset_never_replaces_a_data_set_it_did_not_build(tmp_path):
+    # A user's --data_dir (here a different resolution and size) is used, not rebuilt: once a
+    # benchmark rebuilt a 31k-record set in place under a training run.
+    data = tmp_path / "mine"
+    data.mkdir()
+    info = {"resolution": 128, "variants_per_face": 4, "seed": 0, "images": {"read": 8000},
+            "splits": {}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    lines = []
+    got = common.prepare_dataset(str(data), max_photos=12, resolution=64, log=lines.append)
+    assert got["images"]["read"] == 8000 and "never replaces" in lines[0]
+    assert sorted(p.name for p in data.iterdir()) == ["dataset_info.json"]
