@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import inference, input_pipeline, quality
+from benchmarks import common, inference, input_pipeline, quality
 from tests import pairs_fixture
 
 
