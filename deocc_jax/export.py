@@ -1,13 +1,18 @@
-r"""Exports a trained model as a TensorFlow SavedModel for TF Serving.
+r"""Exports a trained model for serving: SavedModel (TF Serving), ONNX, LiteRT.
 
-    python -m deocc_jax.export --model=runs/deocc --output_dir=exports/deocc \
-        [--checkpoint=best] [--check_images='photos/*.jpg']
+    python -m deocc_jax.export --model=pretrained/deocc-128 --output_dir=exports/deocc \
+        [--format=saved_model,onnx,tflite] [--quantize=none,float16,dynamic_int8] \
+        [--data_dir=DATA] [--checkpoint=best] [--check_images='photos/*.jpg']
 
 --model is a training workdir or a pretrained folder. Writes
-`output_dir/<step>/` (saved_model.pb, variables/, assets.extra/deocc_export.json).
-Before reporting success it reloads the SavedModel in TensorFlow and compares
-it with the JAX model on real, aligned face photos (batch sizes 1 and 3) within
-`exporters.check.TOLERANCE`.
+`output_dir/<step>/` (the SavedModel: saved_model.pb, variables/,
+assets.extra/deocc_export.json), `output_dir/deocc-<step>.onnx` and
+`output_dir/deocc-<step>[.<quantize>].tflite`. Before reporting an export it
+reloads it in its own runtime and compares it with the JAX model on real,
+aligned face photos (batch sizes 1 and 3): float32 exports within
+`exporters.check.TOLERANCE` (1 grey level); quantised LiteRT variants record
+their measured difference and their masked-PSNR change on --data_dir's test
+split in their metadata.
 """
 
 import os
@@ -27,6 +32,11 @@ _CHECK_IMAGES = flags.DEFINE_multi_string(
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export of the same step.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower the model for.")
 _LANDMARKER = flags.DEFINE_string("landmarker_model", None, "Path of face_landmarker.task.")
+_FORMAT = flags.DEFINE_list("format", ["saved_model"], "Any of saved_model, onnx, tflite.")
+_QUANTIZE = flags.DEFINE_list("quantize", ["none"], "LiteRT variants: any of none (float32), "
+                              "float16, dynamic_int8.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared dataset whose test split measures the "
+                                "quantised variants' masked PSNR (default: the run's data_dir).")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "float16"],
                                  "Storage type of the parameters (float16: half the size).")
 
@@ -41,9 +51,12 @@ def main(argv):
     meta = export_lib.export_model(
         model, _OUTPUT.value, checkpoint=loading.parse_checkpoint(_CHECKPOINT.value),
         check_images=images, overwrite=_OVERWRITE.value, landmarker_model=_LANDMARKER.value,
-        platforms=tuple(_PLATFORMS.value), param_dtype=_PARAM_DTYPE.value)
-    print(f"exported {os.path.join(os.path.abspath(_OUTPUT.value), str(meta['step']))}")
-    print(export_lib.serving_help(_OUTPUT.value, meta["resolution"], meta["guided"]))
+        platforms=tuple(_PLATFORMS.value), param_dtype=_PARAM_DTYPE.value,
+        formats=tuple(_FORMAT.value), quantize=tuple(_QUANTIZE.value), data_dir=_DATA_DIR.value)
+    for name, export in meta["exports"].items():
+        print(f"exported {name}: {os.path.abspath(export['path'])}")
+    if "saved_model" in meta["exports"]:
+        print(export_lib.serving_help(_OUTPUT.value, meta["resolution"], meta["guided"]))
 
 
 def run():

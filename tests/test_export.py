@@ -85,3 +85,46 @@ def test_guided_export_takes_masks_and_checks_them(tmp_path):
 def test_not_an_export_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a deocc export"):
         SavedModelRunner(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_export_binary_writes_checked_onnx_and_litert_and_infer_runs_them(quickstart_run, tmp_path):
+    """`export --format=onnx,tflite`: each file checked against JAX before it is published,
+    the quantised variant's cost measured on the test split, and `infer` runs the files."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from deocc_jax.exporters import onnx as onnx_export
+    from deocc_jax.exporters import tflite as tflite_export
+    from tests import pairs_fixture as pf
+
+    out = tmp_path / "exports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deocc_jax.export", f"--model={quickstart_run['outputs']['workdir']}",
+         f"--output_dir={out}", "--format=onnx,tflite", "--quantize=none,dynamic_int8",
+         f"--data_dir={quickstart_run['outputs']['dataset']}"],
+        cwd=pf.REPO, env=pf.subprocess_env(num_devices=1), capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = quickstart_run["steps"]
+    onnx_path, tfl, int8 = (out / f"deocc-{step}.onnx", out / f"deocc-{step}.tflite",
+                            out / f"deocc-{step}.dynamic_int8.tflite")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (onnx_path, tfl, int8))
+    assert onnx_export.read_metadata(str(onnx_path))["self_check"]["batches"]["3"][
+        "deoccluded_max_abs"] <= 1
+    cost = tflite_export.read_metadata(str(int8))["self_check"]["test_masked_psnr"]
+    assert cost["measured"] and cost["change_db"] == pytest.approx(cost["export_db"] - cost["jax_db"])
+    assert f"exported onnx: {onnx_path}" in proc.stdout
+    # infer runs the ONNX file with the same detection, alignment and blending.
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deocc_jax.infer", f"--model={onnx_path}",
+         f"--input={quickstart_run['outputs']['demo_input']}", f"--output={tmp_path / 'o'}",
+         f"--report={report}"],
+        cwd=pf.REPO, env=pf.subprocess_env(num_devices=1), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(report))[0]["status"] == "restored"
+    assert os.path.isfile(tmp_path / "o" / "demo_occluded.png")

@@ -267,7 +267,7 @@ def test_export_is_checked_before_it_gets_its_final_name(trained, tmp_path, monk
     meta = export_lib.export_model(str(trained["workdir"]), str(out), platforms=("cpu",),
                                    log=lambda s: None)
     assert checked == [False], "the export was checked under the name TF Serving loads"
-    assert meta["self_check"]["batches"] and (target / "saved_model.pb").is_file()
+    assert meta["exports"]["saved_model"]["self_check"]["batches"] and (target / "saved_model.pb").is_file()
     assert _listing(out)[0] == str(N) and not leftover.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
