@@ -15,4 +15,6 @@ def get_config(arg=None):
     c = reference.get_config()
     c.model.generator.update(dict(base_width=16, depth=5, max_width=128,
                                   self_attention_stride=0, attention_gates=False))
+    # A discriminator sized like the generator: it costs most of a training step otherwise.
+    c.model.discriminator.base_width = 16
     return common.apply_arg(c, arg)
