@@ -66,12 +66,13 @@ _AUGMENTS = [(f, a, s) for f in (False, True) for a in (-8, 0, 8) for s in (1.0,
 NOTE = """\
 NOTE: this model saw {n} photo(s) for {steps} steps at {res} px. It is a demonstration that every
 part of deocc works on this machine, not a useful de-occluder: expect blurry, barely-trained
-output{leak}. To train a real model, prepare thousands of faces (e.g. FFHQ or CelebA-HQ) with
-  python -m data_prep.build --input=PHOTOS --output_dir=DATA --resolution=256 \\
-      --variants_per_face=4 --occluders_dir=../shared/occluders
-and train the full config on an accelerator:
-  python -m deocc_jax.train --config=configs/deocc.py --workdir=RUN --config.data_dir=DATA
-then evaluate, export and run it with deocc_jax.evaluate / deocc_jax.export / deocc_jax.infer."""
+output{leak}. Compare shipped_side_by_side above: the model deocc ships (pretrained/deocc-128,
+trained on thousands of faces; its card gives its numbers). To train one like it:
+  python -m data_prep.build --input=PHOTOS --output_dir=DATA --resolution=128 \\
+      --occluders_dir=../shared/occluders
+  python -m deocc_jax.train --config=configs/reference.py --workdir=RUN --config.data_dir=DATA
+then evaluate, export and run it with deocc_jax.evaluate / deocc_jax.export / deocc_jax.infer
+(or fine-tune the shipped one with --config.init_from=pretrained/deocc-128)."""
 
 
 def augmented_copies(paths: list[str], out_dir: str) -> list[str]:
@@ -212,6 +213,11 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
     model = predictors.open_predictor(d["export"])
     reports = infer_lib.process_photos(model, demo_in, os.path.join(d["infer"], "output"),
                                        save_masks=True, side_by_side_out=True, log=log)
+    # The same photo through the model deocc ships: what a trained de-occluder does.
+    shipped = predictors.open_predictor(None)
+    log(f"[quickstart] the same photo with the shipped model ({shipped.description})")
+    shipped_reports = infer_lib.process_photos(
+        shipped, demo_in, os.path.join(d["infer"], "shipped_model"), side_by_side_out=True, log=log)
     stage("infer")
 
     outputs = {
@@ -228,6 +234,8 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
         "demo_output": os.path.abspath(reports[0]["output"]),
         "demo_mask": os.path.abspath(reports[0]["files"][0]),
         "demo_side_by_side": os.path.abspath(reports[0]["files"][1]),
+        "shipped_model_output": os.path.abspath(shipped_reports[0]["output"]),
+        "shipped_side_by_side": os.path.abspath(shipped_reports[0]["files"][0]),
     }
     summary = {"budget": budget, "steps": steps, "resolution": b.resolution,
                "embedded_photos": embedded, "num_photos": len(photos), "dataset_counts": counts,

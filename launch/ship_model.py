@@ -12,6 +12,7 @@ Writes, in pretrained/<name>/:
                                                      shipped float16 model, the float32 checkpoint
                                                      it came from (what rounding costs), every
                                                      baseline and the face metrics
+  metrics_heldout.*                                  the same on --heldout_data_dir's test split
   demo.png                                           before | after on a public-domain portrait
 The model card (MODEL_CARD.md) is written by hand from these numbers.
 """
@@ -35,12 +36,16 @@ _DATA = flags.DEFINE_string("data_dir", None, "Prepared dataset whose test split
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", loading.CHECKPOINT_CHOICES)
 _OUTPUT = flags.DEFINE_string("pretrained_dir", predictors.PRETRAINED_DIR, "Where models ship.")
 _OCCLUDERS = flags.DEFINE_string("occluders_dir", None, "Occluders for the demo picture.")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Evaluate on the first n test examples.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Evaluate on n test examples (spread "
+                                     "evenly over the split).")
+_HELDOUT = flags.DEFINE_string("heldout_data_dir", None, "A dataset from a source the model never "
+                               "saw (e.g. ../shared/data/faces); its test split is reported as "
+                               "metrics_heldout.json.")
 
 
 def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "best",
          pretrained_dir: str = predictors.PRETRAINED_DIR, occluders_dir: str | None = None,
-         max_examples: int | None = None, log=print) -> str:
+         max_examples: int | None = None, heldout_data_dir: str | None = None, log=print) -> str:
     """Writes pretrained/<name>/ (see the module docstring); returns its path."""
     model = loading.load_model(workdir, checkpoint)
     out = os.path.join(pretrained_dir, name)
@@ -54,6 +59,10 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
         eval_lib.evaluate(tmp, data_dir, split="test", compare=[workdir],
                           output=os.path.join(tmp, "metrics.json"), max_examples=max_examples,
                           face_metrics=fm, log=log)
+        if heldout_data_dir:
+            eval_lib.evaluate(tmp, heldout_data_dir, split="test",
+                              output=os.path.join(tmp, "metrics_heldout.json"),
+                              max_examples=max_examples, face_metrics=fm, log=log)
     demo = os.path.join(tmp, "demo_input.png")
     demo_photo.occluded_demo_photo(sample_photos.face_photo_paths()[0], demo, 0, occluders_dir)
     reports = infer_lib.process_photos(predictors.open_predictor(tmp), demo,
@@ -78,7 +87,8 @@ def main(argv):
         raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
     ship(_WORKDIR.value, _NAME.value, _DATA.value,
          checkpoint=loading.parse_checkpoint(_CHECKPOINT.value), pretrained_dir=_OUTPUT.value,
-         occluders_dir=_OCCLUDERS.value, max_examples=_MAX_EXAMPLES.value)
+         occluders_dir=_OCCLUDERS.value, max_examples=_MAX_EXAMPLES.value,
+         heldout_data_dir=_HELDOUT.value)
 
 
 if __name__ == "__main__":
