@@ -1,10 +1,13 @@
 """The in-browser page (web/, deocc_jax.web) in a real headless Chromium.
 
-The page is served on loopback by `deocc_jax.web`, given a real photo (a
-public-domain portrait with an occluder drawn on, as the quickstart does) by
-drag and drop, and a fake camera playing a video of it. Each time the canvas
-it shows is checked against the Python path (`restoration.frames.restore_frame` with
-the same ONNX file opened by `predictors.open_predictor`, i.e. onnxruntime):
+The page is served on loopback by `deocc_jax.web` with the ONNX file that
+`python -m deocc_jax.export --format=onnx` writes (export_lib, from a
+pretrained folder), given a real photo (a public-domain portrait with an
+occluder drawn on, as the quickstart does) by drag and drop, the same photo cut
+so the face touches its corner (the crop reaches past the photo and is padded
+as in training), and a fake camera playing a video of it. Each time the canvas
+it shows is checked against the Python path (`restoration.frames.restore_frame`
+with the same ONNX file opened by `predictors.open_predictor`, i.e. onnxruntime):
 
 - pixels inside the occluder changed, pixels outside the face's crop are
   byte-for-byte the input;
@@ -14,11 +17,18 @@ the same ONNX file opened by `predictors.open_predictor`, i.e. onnxruntime):
 
 Chromium is Debian's package (`apt-get install -y chromium`, which .ci/run
 does); Playwright drives it and never downloads a browser of its own.
+
+The screenshot in docs/web.md is made by this module too:
+
+    python -m tests.test_web --model=exports/deocc/deocc-<step>.onnx \
+        --screenshot=docs/images/web_demo.png
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -27,6 +37,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -38,8 +49,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from configs import tiny
-from deocc_jax import errors, infer_lib, models, predictors, sample_photos, web
-from deocc_jax.exporters import onnx as onnx_export
+from deocc_jax import errors, export_lib, infer_lib, loading, models, predictors, sample_photos, web
 from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer, largest_face
 from deocc_jax.restoration import blend, frames
@@ -64,6 +74,15 @@ TIMEOUT_MS = 90_000       # page start (two WebAssembly runtimes) on a busy 2-co
 # max 1, 3e-4. The bounds leave room for other models and photos.
 SAME_LANDMARKS_MAX_DIFF = 2
 SAME_LANDMARKS_MAX_CHANGED = 0.005   # fraction of all values that may differ at all
+# Aligned crops, plain (warpToCrop) or padded beyond the photo (paddedCrop), vs
+# align.warp_to_crop / align.padded_crop: both interpolate in float32 FMAs but
+# not always in the same order, and the padded fill's Gaussian blur sums in
+# another order than OpenCV's, so a value on a .5 boundary may round the other
+# way. Measured: plain crops <= 0.06 % of values differ by 1; padded crops of
+# faces at and past each edge (32-256 px) <= 3e-5 of values, by 1; the edge
+# photo's 32 px crop 1 value of 3072 (3e-4), by 1.
+CROP_MAX_DIFF = 1
+CROP_MAX_CHANGED = 0.002
 # With each side's own MediaPipe (npm @mediapipe/tasks-vision 1.1.0 in the
 # page, PyPI mediapipe in Python) the landmarks agree to 0.001 px on the
 # astronaut, and the results by 0.003 grey levels on average over the blended
@@ -100,19 +119,23 @@ def web_build() -> str:
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory) -> str:
-    """configs/tiny.py's generator (seeded, untrained), exported by deocc_jax.exporters.onnx.
+    """configs/tiny.py's generator (seeded, untrained) as a pretrained folder, exported by
+    `export_lib.export_model(formats=("onnx",))`: the file `python -m deocc_jax.export
+    --format=onnx` writes and docs/web.md tells users to serve.
 
     Untrained is enough here: the test compares two runtimes of one model, and
     its mask is above 0.5 on about half of a crop, so the blend covers the face.
     """
     config = tiny.get_config()
-    with config.unlocked():
-        config.model.conv_impl = "xla_conv"   # one ONNX Conv per convolution (exporters.onnx)
     assert config.resolution == RESOLUTION
     variables = jax.jit(functools.partial(models.init_generator, config))(jax.random.key(0))
-    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
-    return onnx_export.export_onnx(functools.partial(models.predict, config), variables, path,
-                                   resolution=config.resolution, guided=models.is_guided(config))
+    root = tmp_path_factory.mktemp("model")
+    loading.save_pretrained(str(root / "pretrained"), config, variables, step=7, name="tiny")
+    out = export_lib.export_model(str(root / "pretrained"), str(root / "exports"),
+                                  formats=("onnx",), log=lambda _: None)
+    path = out["exports"]["onnx"]["path"]
+    assert path == str(root / "exports" / "deocc-7.onnx"), path
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +147,35 @@ def python_model(onnx_model):
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> dict:
     """The astronaut portrait with a procedural occluder drawn on, as the quickstart's demo."""
-    out = tmp_path_factory.mktemp("photo")
     original_path = sample_photos.face_photo_paths()[0]
-    path = demo_photo.occluded_demo_photo(original_path, str(out / "occluded.png"), seed=0,
-                                          occluders_dir=None)
+    path = write_demo_photo(str(tmp_path_factory.mktemp("photo")))
     image = infer_lib.read_rgb(path)
     original = infer_lib.read_rgb(original_path)
     # The occluder is wherever drawing it changed the photo.
     occluder = np.abs(image.astype(int) - original).max(-1) > 40
     assert occluder.sum() > 500, "the demo occluder should cover part of the face"
     return {"path": path, "image": image, "occluder": occluder}
+
+
+# Where the occluded portrait is cut for `edge_photo`: its face's forehead and
+# left cheek then touch the photo's top and left edges (face landmarks span
+# x 181-270, y 72-177 in the 512 px portrait).
+EDGE_CUT_YX = (100, 170)
+
+
+@pytest.fixture(scope="module")
+def edge_photo(photo, tmp_path_factory) -> dict:
+    """The occluded portrait cut so the face sits in its top-left corner.
+
+    About half of the face's 32 px crop then lies beyond the photo, where the
+    crop is filled as the training crops were (`align.padded_crop`); the rest
+    of the photo (body, shuttle) lies outside the crop's footprint.
+    """
+    y, x = EDGE_CUT_YX
+    image = np.ascontiguousarray(photo["image"][y:, x:])
+    path = str(tmp_path_factory.mktemp("edge") / "edge.png")
+    infer_lib.write_rgb(path, image)
+    return {"path": path, "image": image, "occluder": photo["occluder"][y:, x:]}
 
 
 def _write_y4m(path: str, frames: list[np.ndarray], fps: int = 30) -> str:
@@ -157,23 +199,14 @@ def camera_clip(photo, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def server(onnx_model, web_build):
-    srv = web.PageServer(onnx_model, port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(10)
+    with serving(onnx_model) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def browser(chromium, camera_clip):
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=chromium, headless=True,
-            args=CHROMIUM_FLAGS + ["--use-fake-ui-for-media-stream",
-                                   "--use-fake-device-for-media-stream",
-                                   f"--use-file-for-fake-video-capture={camera_clip}"])
+        b = launch_browser(p, chromium, camera_clip)
         yield b
         b.close()
 
@@ -181,22 +214,71 @@ def browser(chromium, camera_clip):
 @pytest.fixture(scope="module")
 def page(browser, server):
     """The page, loaded and ready; `page.requests` lists every request it made."""
-    context = browser.new_context(viewport={"width": 1100, "height": 720})
-    context.grant_permissions(["camera"], origin=server.url.rstrip("/"))
-    pg = context.new_page()
-    pg.requests = []
-    pg.errors = []
-    pg.on("request", lambda r: pg.requests.append((r.method, r.url)))
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.goto(server.url)
-    wait_for(pg, "window.deocc && window.deocc.state.ready")
-    state = pg.evaluate("() => window.deocc.state")
-    assert state["ready"], f"the page did not start: {state['error']}; errors: {pg.errors}"
-    yield pg
-    context.close()
+    with opened_page(browser, server) as pg:
+        yield pg
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+DEMO_PHOTO = "astronaut_occluded.png"
+
+
+def write_demo_photo(out_dir: str) -> str:
+    """The quickstart's demo: the astronaut portrait with an occluder drawn on (seed 0)."""
+    return demo_photo.occluded_demo_photo(sample_photos.face_photo_paths()[0],
+                                          os.path.join(out_dir, DEMO_PHOTO), seed=0,
+                                          occluders_dir=None)
+
+
+@contextlib.contextmanager
+def serving(model_path: str):
+    """`deocc_jax.web`'s server for `model_path` on a free loopback port, in a thread."""
+    srv = web.PageServer(model_path, port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
+
+
+def launch_browser(playwright, chromium: str, camera_clip: str | None = None):
+    """Headless Chromium; with `camera_clip` (a .y4m) as a fake camera that needs no prompt."""
+    camera = [] if camera_clip is None else [
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera_clip}"]
+    return playwright.chromium.launch(executable_path=chromium, headless=True,
+                                      args=CHROMIUM_FLAGS + camera)
+
+
+@contextlib.contextmanager
+def opened_page(browser, server, viewport: tuple[int, int] = (1100, 720)):
+    """The page in a fresh browser context, loaded and ready.
+
+    `page.requests` lists every request it made, `page.errors` its uncaught errors.
+
+    Raises:
+      RuntimeError: the page did not start (its state's error says why).
+    """
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    try:
+        context.grant_permissions(["camera"], origin=server.url.rstrip("/"))
+        pg = context.new_page()
+        pg.requests = []
+        pg.errors = []
+        pg.on("request", lambda r: pg.requests.append((r.method, r.url)))
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        pg.goto(server.url)
+        wait_for(pg, "window.deocc && window.deocc.state.ready")
+        state = pg.evaluate("() => window.deocc.state")
+        if not state["ready"]:
+            raise RuntimeError(f"the page did not start: {state['error']}; errors: {pg.errors}")
+        yield pg
+    finally:
+        context.close()
 
 
 _READ_CANVAS = """(id) => {
@@ -237,13 +319,55 @@ def drop_file(page, path: str, mime: str = "image/png") -> None:
     }""", [data, os.path.basename(path), mime])
 
 
+def restore_dropped(page, path: str) -> dict:
+    """Drops a photo on the page and waits for its result; returns `window.deocc.state.last`."""
+    frames = page.evaluate("() => window.deocc.state.frames")
+    drop_file(page, path)
+    wait_for(page, f"window.deocc.state.frames > {frames}")
+    return page.evaluate("() => window.deocc.state.last")
+
+
 def page_landmarks(last: dict) -> list[np.ndarray]:
     return [np.asarray(f, np.float32) for f in last["faces"]]
 
 
+_PAGE_CROP = """([img, w, h, m, r, padded]) => {
+  const g = window.deocc.geometry;
+  const rgb = Uint8Array.from(atob(img), (c) => c.charCodeAt(0));
+  const crop = padded ? g.paddedCrop(rgb, w, h, m, r) : { image: g.warpToCrop(rgb, w, h, m, r) };
+  let s = "";
+  for (let i = 0; i < crop.image.length; i += 0x8000) {
+    s += String.fromCharCode.apply(null, crop.image.subarray(i, i + 0x8000));
+  }
+  return [btoa(s), crop.paddingFraction ?? null];
+}"""
+
+
+def page_crop(page, image: np.ndarray, m: np.ndarray, r: int, padded: bool = True
+              ) -> tuple[np.ndarray, float | None]:
+    """The page's crop of `image` (geometry.paddedCrop, or warpToCrop) and its padding fraction."""
+    h, w = image.shape[:2]
+    data, fraction = page.evaluate(_PAGE_CROP, [base64.b64encode(image.tobytes()).decode(), w, h,
+                                                np.asarray(m).ravel().tolist(), r, padded])
+    return np.frombuffer(base64.b64decode(data), np.uint8).reshape(r, r, 3), fraction
+
+
+def check_crop(got: np.ndarray, want: np.ndarray, what: str) -> dict:
+    """Page crop vs Python crop within CROP_MAX_DIFF on at most CROP_MAX_CHANGED of the values."""
+    diff = np.abs(got.astype(int) - want)
+    frac = float((diff > 0).mean())
+    assert diff.max() <= CROP_MAX_DIFF and frac <= CROP_MAX_CHANGED, (
+        f"{what}: page vs Python crop max {diff.max()} grey levels, {frac:.4%} of values differ")
+    return {"max_diff": int(diff.max()), "frac_diff": frac}
+
+
 def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model,
-                   occluder: np.ndarray | None) -> dict:
-    """Checks one page frame against the Python path on the same input; returns measurements."""
+                   occluder: np.ndarray | None, min_outside: float = 0.3) -> dict:
+    """Checks one page frame against the Python path on the same input; returns measurements.
+
+    `min_outside` is the least share of the photo that must lie outside the
+    face crop's footprint (where nothing may change).
+    """
     h, w = before.shape[:2]
     faces = page_landmarks(last)
     assert len(faces) == 1, f"the page found {len(faces)} faces, expected the portrait's one"
@@ -251,6 +375,8 @@ def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model,
     py_matrix = align.alignment_matrix(faces[0], RESOLUTION)
     np.testing.assert_allclose(np.asarray(last["matrices"][0]).reshape(2, 3), py_matrix,
                                rtol=0, atol=1e-9)
+    padding = align.padding_fraction(py_matrix, (h, w), RESOLUTION)
+    assert abs(last["padding"][0] - padding) < 1e-9, (last["padding"], padding)
 
     restored = frames.restore_frame(before, faces, model)
     want, weights = restored.image, restored.weights
@@ -259,7 +385,7 @@ def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model,
     x0, y0, x1, y1 = blend.crop_roi(py_matrix, RESOLUTION, (h, w))
     outside = np.ones((h, w), bool)
     outside[y0:y1, x0:x1] = False
-    assert outside.sum() > 0.3 * h * w
+    assert outside.sum() > min_outside * h * w
     np.testing.assert_array_equal(after[outside], before[outside])
     changed = np.abs(after.astype(int) - before).max(-1) > 0
     if occluder is not None:
@@ -271,51 +397,87 @@ def check_restored(before: np.ndarray, after: np.ndarray, last: dict, model,
         f"page vs Python with the same landmarks: max {diff.max()} grey levels, "
         f"{frac:.3%} of values differ")
     return {"max_diff": int(diff.max()), "frac_diff": float((diff > 0).mean()),
-            "blended_px": int((weights > 0).sum()), "changed_px": int(changed.sum())}
+            "blended_px": int((weights > 0).sum()), "changed_px": int(changed.sum()),
+            "padding": padding}
 
 
 # ----------------------------------------------------------------------------- tests
 
 
-def test_port_matches_python_geometry(page):
-    """The page's alignment, crop (area pre-shrink included) and blend weights are Python's."""
+def _synthetic_face(shift: tuple[float, float] = (0, 0), size: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random 320x240 photo and landmarks of a face centred at (150, 135) + shift.
+
+    At `size` 1 the eyes are 105 px apart, so the face's crop (about 4 eye
+    distances) is larger than the photo.
+    """
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), np.uint8), (0, 0), 2)
+    # A horizontal gradient, so a reflection is not its own median colour.
+    image[..., 0] = np.clip(image[..., 0].astype(int) + np.arange(320)[None] // 3, 0, 255)
     lm = rng.uniform(60, 200, (478, 2)).astype(np.float32)
-    for i, p in {33: (100, 100), 133: (130, 104), 263: (205, 96), 362: (172, 99), 1: (150, 142),
-                 61: (122, 172), 291: (183, 170)}.items():
-        lm[i] = p
+    for i, (x, y) in {33: (100, 100), 133: (130, 104), 263: (205, 96), 362: (172, 99),
+                      1: (150, 142), 61: (122, 172), 291: (183, 170)}.items():
+        lm[i] = (150 + size * (x - 150) + shift[0], 135 + size * (y - 135) + shift[1])
+    return image, lm
+
+
+def test_port_matches_python_geometry(page):
+    """The page's alignment, crop (area pre-shrink included) and blend weights are Python's."""
+    rng = np.random.default_rng(1)
+    image, lm = _synthetic_face()
     for r in (32, 128, 256):   # scales 0.3 (pre-shrink), 1.1 and 2.3 crop px per photo px
         m = align.alignment_matrix(lm, r)
         mask = cv2.GaussianBlur(rng.random((r, r)).astype(np.float32), (0, 0), r / 8)
         mask = (mask - mask.min()) / (mask.max() - mask.min())
-        got = page.evaluate("""([img, w, h, lm, r, mask]) => {
+        got = page.evaluate("""([lm, r, mask, w, h]) => {
           const d = window.deocc;
-          const rgb = Uint8Array.from(atob(img), (c) => c.charCodeAt(0));
           const m = d.geometry.alignmentMatrix(lm, r);
-          const crop = d.geometry.warpToCrop(rgb, w, h, m, r);
           const alpha = d.blend.blendAlphaCrop(Float32Array.from(mask), r);
-          return { m, crop: Array.from(crop), alpha: Array.from(alpha),
-                   roi: d.blend.cropRoi(m, r, w, h) };
-        }""", [base64.b64encode(image.tobytes()).decode(), 320, 240, lm.tolist(), r,
-               mask.ravel().tolist()])
+          return { m, alpha: Array.from(alpha), roi: d.blend.cropRoi(m, r, w, h) };
+        }""", [lm.tolist(), r, mask.ravel().tolist(), 320, 240])
         np.testing.assert_allclose(np.asarray(got["m"]).reshape(2, 3), m, rtol=0, atol=1e-9)
-        crop = np.asarray(got["crop"], np.int64).reshape(r, r, 3)
-        want = align.warp_to_crop(image, m, r).astype(np.int64)
-        # Both interpolate in float32 FMAs, but not always in the same order: a
-        # value on a .5 boundary may round the other way (measured: <= 0.06% of values).
-        assert np.abs(crop - want).max() <= 1 and (crop != want).mean() < 0.002, r
+        crop, _ = page_crop(page, image, m, r, padded=False)
+        check_crop(crop, align.warp_to_crop(image, m, r), f"warpToCrop {r} px")
         np.testing.assert_allclose(np.asarray(got["alpha"]).reshape(r, r),
                                    blend.blend_alpha_crop(mask, r), rtol=0, atol=1e-6)
         assert tuple(got["roi"]) == blend.crop_roi(m, r, (240, 320))
 
 
+# (shift, size) of `_synthetic_face`: the crop well inside the photo (a plain
+# warp); its corner 0.1 px inside the left edge (padded path: the blur that
+# hides the seam starts inside the photo, no fill); 18 px past the left edge
+# (15 % fill); past the top (16 %); past the bottom and right (61-63 %).
+PADDING_CASES = {"inside": ((0, 0), 0.4), "touching-left": ((-92, 0), 0.4),
+                 "past-left": ((-110, 0), 0.4), "past-top": ((0, -60), 0.6),
+                 "past-bottom-right": ((150, 90), 1.0)}
+
+
+@pytest.mark.parametrize("case", PADDING_CASES)
+def test_port_pads_crops_like_python(page, case):
+    """paddedCrop is align.padded_crop for faces inside the photo, at its edge and past it."""
+    image, lm = _synthetic_face(*PADDING_CASES[case])
+    measured = {}
+    for r in (32, 128, 256):   # scales 0.1-0.3 (pre-shrink), 0.5-1.1 and 0.9-2.3
+        m = align.alignment_matrix(lm, r)
+        want = align.padded_crop(image, m, r)
+        crop, fraction = page_crop(page, image, m, r)
+        assert fraction == want.padding_fraction, (r, fraction, want.padding_fraction)
+        measured[r] = {"padding": fraction, **check_crop(crop, want.image, f"{case} {r} px")}
+        plain = align.warp_to_crop(image, m, r)
+        changed = float((plain != want.image).mean())
+        if case == "inside":
+            np.testing.assert_array_equal(want.image, plain)
+        else:
+            # The padded crop is no plain warp here (>= 4.6 % of values differ),
+            # so a page that only warped would fail check_crop (<= 0.2 %).
+            assert changed > 0.02, (case, r, changed)
+    print("padded crops", case, json.dumps(measured))
+
+
 def test_photo_restored_like_python(page, photo, python_model):
-    frames = page.evaluate("() => window.deocc.state.frames")
-    drop_file(page, photo["path"])
-    wait_for(page, f"window.deocc.state.frames > {frames}")
-    last = page.evaluate("() => window.deocc.state.last")
-    assert last and last["source"] == "photo occluded.png", last
+    last = restore_dropped(page, photo["path"])
+    assert last and last["source"] == f"photo {DEMO_PHOTO}", last
     before, after = read_canvas(page, "before"), read_canvas(page, "after")
     # The browser decoded the PNG to the same bytes OpenCV reads.
     np.testing.assert_array_equal(before, photo["image"])
@@ -338,11 +500,25 @@ def test_photo_restored_like_python(page, photo, python_model):
     assert "1 face(s)" in status and "model" in status, status
 
 
+def test_face_at_the_photo_edge_restored_like_python(page, edge_photo, python_model):
+    """A crop that reaches past the photo is padded as in training, on the page as in Python."""
+    last = restore_dropped(page, edge_photo["path"])
+    assert last and last["source"] == "photo edge.png", last
+    before, after = read_canvas(page, "before"), read_canvas(page, "after")
+    np.testing.assert_array_equal(before, edge_photo["image"])
+    same = check_restored(before, after, last, python_model, edge_photo["occluder"],
+                          min_outside=0.6)
+    assert same["padding"] > 0.3, same
+    # The crop the page ran the model on is Python's (the page's own landmarks).
+    m = align.alignment_matrix(page_landmarks(last)[0], RESOLUTION)
+    crop, _ = page_crop(page, before, m, RESOLUTION)
+    same["crop"] = check_crop(crop, align.padded_crop(before, m, RESOLUTION).image, "edge photo")
+    print("edge photo:", json.dumps(same))
+
+
 def test_photo_without_a_face_is_shown_unchanged(page):
-    frames = page.evaluate("() => window.deocc.state.frames")
     path = sample_photos.no_face_photo_path()
-    drop_file(page, path)
-    wait_for(page, f"window.deocc.state.frames > {frames}")
+    restore_dropped(page, path)
     assert page.evaluate("() => window.deocc.state.last.faces.length") == 0
     after = read_canvas(page, "after")
     np.testing.assert_array_equal(after, infer_lib.read_rgb(path))
@@ -469,3 +645,86 @@ def test_server_errors_are_one_line(onnx_model, web_build, tmp_path):
         f.write("\n// edited\n")
     with pytest.raises(errors.InputNotFoundError, match="rebuild it with"):
         web.PageServer(onnx_model, port=0, web_dir=str(unbuilt))
+
+
+# ----------------------------------------------------------------------------- the screenshot
+
+
+def take_screenshot(page, photo_path: str, out_path: str) -> str:
+    """Drops a photo on the page, waits for its result and saves the whole page as a PNG.
+
+    Returns:
+      The page's status line.
+    """
+    last = restore_dropped(page, photo_path)
+    if not last["faces"]:
+        raise errors.InvalidInputError(f"{photo_path}: the page found no face in it")
+    page.screenshot(path=out_path, full_page=True)
+    return page.text_content("#status")
+
+
+def make_screenshot(model_path: str, out_path: str, *, chromium: str = CHROMIUM,
+                    photo_path: str | None = None, viewport: tuple[int, int] = (1000, 740)) -> str:
+    """docs/images/web_demo.png: the page restoring the demo photo with `model_path`.
+
+    Serves the page as `deocc_jax.web` does, opens it in headless Chromium and
+    drops the quickstart's demo photo (or `photo_path`) on it.
+
+    Returns:
+      The page's status line.
+
+    Raises:
+      errors.UserError: no Chromium, no (current) web build, a bad model, no face.
+    """
+    if not os.path.isfile(chromium):
+        raise errors.InputNotFoundError(f"{chromium} not found; install Chromium "
+                                        "(`apt-get install -y chromium`) or pass --chromium")
+    web.check_build()
+    with tempfile.TemporaryDirectory() as tmp, serving(model_path) as srv, \
+            sync_playwright() as p:
+        photo_path = photo_path or write_demo_photo(tmp)
+        browser = launch_browser(p, chromium)
+        try:
+            with opened_page(browser, srv, viewport) as pg:
+                return take_screenshot(pg, photo_path, out_path)
+        finally:
+            browser.close()
+
+
+def test_screenshot_of_the_demo_photo(page, photo, tmp_path):
+    """What `python -m tests.test_web --screenshot=...` saves, on the test's page."""
+    out = str(tmp_path / "web_demo.png")
+    status = take_screenshot(page, photo["path"], out)
+    assert status.startswith(f"{DEMO_PHOTO}: 1 face(s)"), status
+    shot = cv2.imread(out)
+    assert shot is not None and shot.shape[1] == 1100 and shot.shape[0] >= 720, out
+    # Both canvases are in it: the before and after halves show the portrait.
+    before = read_canvas(page, "before")
+    assert shot.std() > 20 and before.shape == photo["image"].shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.test_web --model=M.onnx --screenshot=docs/images/web_demo.png`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.test_web",
+        description="Saves a screenshot of the web page restoring the demo photo "
+                    "(docs/images/web_demo.png).")
+    parser.add_argument("--model", required=True,
+                        help="blind deocc ONNX model (`python -m deocc_jax.export --format=onnx`)")
+    parser.add_argument("--screenshot", required=True, help="the PNG to write")
+    parser.add_argument("--photo", help="photo to drop (default: the quickstart's demo photo)")
+    parser.add_argument("--chromium", default=CHROMIUM, help="Chromium executable")
+    parser.add_argument("--width", type=int, default=1000, help="page width in pixels")
+    args = parser.parse_args(argv)
+    try:
+        status = make_screenshot(args.model, args.screenshot, chromium=args.chromium,
+                                 photo_path=args.photo, viewport=(args.width, 740))
+    except errors.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.EXIT_USER_ERROR
+    print(f"wrote {args.screenshot} ({status})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,17 +1,17 @@
 // Blending a restored crop back into the photo: a port of
-// deocc_jax/infer_lib.py (blend_alpha_crop, crop_roi, paste_face).
+// deocc_jax/restoration/blend.py (blend_alpha_crop, crop_roi, paste_face).
 
 import { affineSampler, dilateEllipse, gaussianBlur, roundHalfEven, warpAffine } from "./imgproc.js";
 import { invertAffine, transformPoints } from "./geometry.js";
 
-// infer_lib's constants, in units of the crop side.
+// restoration.blend's constants, in units of the crop side.
 export const MASK_THRESHOLD = 0.5;
 export const DILATE_FRAC = 0.03;
 export const FEATHER_FRAC = 0.015;
 export const MIN_ALPHA = 1.0 / 512.0;
 
 /**
- * infer_lib.blend_alpha_crop: feathered blend weights in crop space.
+ * blend.blend_alpha_crop: feathered blend weights in crop space.
  *
  * The predicted mask (> MASK_THRESHOLD) is grown by DILATE_FRAC plus two
  * feather sigmas, blurred with a Gaussian of sigma FEATHER_FRAC, and ramped
@@ -43,7 +43,7 @@ export function blendAlphaCrop(mask, resolution) {
   return alpha;
 }
 
-/** infer_lib.crop_roi: [x0, y0, x1, y1] of the photo region a crop falls in. */
+/** blend.crop_roi: [x0, y0, x1, y1] of the photo region a crop falls in. */
 export function cropRoi(m, resolution, width, height) {
   const r = resolution;
   const pts = transformPoints([[0, 0], [r, 0], [0, r], [r, r]], invertAffine(m));
@@ -53,13 +53,13 @@ export function cropRoi(m, resolution, width, height) {
   return [Math.max(0, x0), Math.max(0, y0), Math.min(width, x1), Math.min(height, y1)];
 }
 
-/** infer_lib._roi_matrix: photo->crop matrix for a sub-image whose origin is (x0, y0). */
+/** blend.roi_matrix: photo->crop matrix for a sub-image whose origin is (x0, y0). */
 export function roiMatrix(m, x0, y0) {
   return [m[0], m[1], m[0] * x0 + m[1] * y0 + m[2], m[3], m[4], m[3] * x0 + m[4] * y0 + m[5]];
 }
 
 /**
- * infer_lib.paste_face: blends a restored crop into the photo in place.
+ * blend.paste_face: blends a restored crop into the photo in place.
  *
  * Only the crop's footprint is warped. Where the warped weight is 0 the photo
  * keeps its bytes exactly.

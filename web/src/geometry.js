@@ -1,9 +1,12 @@
 // Face alignment: a port of deocc_jax/faces/landmarks.py and align.py.
 //
 // A matrix is a 2x3 similarity [a, b, c, d, e, f] mapping photo pixels to
-// crop pixels, as in align.py: crop = warpToCrop(image, M, R).
+// crop pixels, as in align.py: crop = paddedCrop(image, w, h, M, R).image,
+// the crop every deocc model was trained on and is run on.
 
-import { resizeArea, roundHalfEven, warpAffine, invertAffine } from "./imgproc.js";
+import {
+  gaussianBlur, invertAffine, medianColour, resizeArea, roundHalfEven, warpAffine,
+} from "./imgproc.js";
 
 // MediaPipe face-mesh indices (landmarks.py).
 export const LEFT_EYE_CORNERS = [33, 133];
@@ -111,4 +114,91 @@ export function warpToCrop(rgb, width, height, m, resolution) {
     w = sw; h = sh;
   }
   return warpAffine(image, w, h, 3, mat, resolution, resolution, { border: "reflect101" });
+}
+
+/**
+ * Photo (x, y) of crop pixel (x, y): the inverse matrix applied in
+ * align._crop_to_source's order, (a x + b y) + c, so the doubles are numpy's.
+ */
+function cropToSource(inv, x, y) {
+  return [inv[0] * x + inv[1] * y + inv[2], inv[3] * x + inv[4] * y + inv[5]];
+}
+
+/** align.padding_fraction: share of the crop's pixel centres outside the photo. */
+export function paddingFraction(m, width, height, resolution) {
+  const inv = invertAffine(m);
+  let outside = 0;
+  for (let y = 0; y < resolution; y++) {
+    for (let x = 0; x < resolution; x++) {
+      const [sx, sy] = cropToSource(inv, x, y);
+      if (sx < -0.5 || sx > width - 0.5 || sy < -0.5 || sy > height - 0.5) outside += 1;
+    }
+  }
+  return outside / (resolution * resolution);
+}
+
+/**
+ * align.padded_crop: the aligned crop, its part beyond the photo filled as
+ * FFHQ's alignment does it (and as every training crop was made).
+ *
+ * In crop pixels: the photo is reflected (BORDER_REFLECT_101), blurred with a
+ * Gaussian of sigma 0.02 R by clip(3 ramp + 1) and faded to the photo's
+ * median colour by clip(ramp), where the ramp is 0 at the photo's edge, 1 a
+ * pad width (at least 0.3 crop sides) outside it and negative inside. Crops
+ * that stay more than 4 photo pixels inside the photo are plain warps
+ * (warpToCrop). The blend runs in float32 as numpy does (one rounding per
+ * operation), so the result is Python's byte for byte but where the two
+ * Gaussian blurs' last bits put a value on the other side of a .5.
+ *
+ * @param {Uint8Array} rgb photo, 3 channels.
+ * @returns {{image: Uint8Array, paddingFraction: number}} the R^2 x 3 crop and
+ *   the share of its pixels outside the photo.
+ */
+export function paddedCrop(rgb, width, height, m, resolution) {
+  const f = Math.fround;
+  const r = resolution, w = width, h = height;
+  const qsize = r / matrixScale(m);            // the crop's side in photo pixels
+  const inv = invertAffine(m);
+  let lox = Infinity, loy = Infinity, hix = -Infinity, hiy = -Infinity;
+  for (const [cx, cy] of [[-0.5, -0.5], [r - 0.5, -0.5], [r - 0.5, r - 0.5], [-0.5, r - 0.5]]) {
+    const [x, y] = cropToSource(inv, cx, cy);
+    lox = Math.min(lox, x); loy = Math.min(loy, y); hix = Math.max(hix, x); hiy = Math.max(hiy, y);
+  }
+  const border = Math.max(roundHalfEven(qsize * 0.1), 3);
+  let pad = [-Math.floor(lox) + border, -Math.floor(loy) + border,
+    Math.ceil(hix) - w + border, Math.ceil(hiy) - h + border].map((v) => Math.max(v, 0));
+  const fraction = paddingFraction(m, w, h, r);
+  if (Math.max(...pad) <= border - 4) {
+    return { image: warpToCrop(rgb, w, h, m, r), paddingFraction: fraction };
+  }
+  const minPad = roundHalfEven(qsize * 0.3);
+  pad = pad.map((v) => Math.max(v, minPad));   // photo pixels: left, top, right, bottom
+  const sigma = 0.02 * r;
+  // A canvas grown by 3 sigma on each side, so the blur near the crop's edge
+  // sees fill rather than a border.
+  const margin = Math.ceil(3 * sigma);
+  const big = r + 2 * margin;
+  const canvas = Float32Array.from(
+    warpToCrop(rgb, w, h, [m[0], m[1], m[2] + margin, m[3], m[4], m[5] + margin], big));
+  const blurred = gaussianBlur(canvas, big, big, sigma, 3);
+  const median = medianColour(rgb, w, h, 3);
+  const clip01 = (v) => (v < 0 ? 0 : (v > 1 ? 1 : v));
+  const out = new Uint8Array(r * r * 3);
+  for (let y = 0; y < r; y++) {
+    for (let x = 0; x < r; x++) {
+      const [sx, sy] = cropToSource(inv, x, y);
+      const ramp = f(Math.max(Math.max(-sx / pad[0], (sx - (w - 1)) / pad[2]),
+        Math.max(-sy / pad[1], (sy - (h - 1)) / pad[3])));
+      const toBlur = clip01(f(f(ramp * 3) + 1)), toMedian = clip01(ramp);
+      const i = ((y + margin) * big + x + margin) * 3, o = (y * r + x) * 3;
+      for (let c = 0; c < 3; c++) {
+        let v = canvas[i + c];
+        v = f(v + f(f(blurred[i + c] - v) * toBlur));
+        v = f(v + f(f(median[c] - v) * toMedian));
+        const q = roundHalfEven(v);
+        out[o + c] = q < 0 ? 0 : (q > 255 ? 255 : q);
+      }
+    }
+  }
+  return { image: out, paddingFraction: fraction };
 }

@@ -1,7 +1,7 @@
 // OpenCV-compatible image operations for the page, on plain typed arrays.
 //
-// deocc's Python path (deocc_jax/faces/align.py, deocc_jax/infer_lib.py) uses
-// cv2.warpAffine, cv2.resize(INTER_AREA), cv2.dilate and cv2.GaussianBlur.
+// deocc's Python path (deocc_jax/faces/align.py, deocc_jax/restoration/blend.py)
+// uses cv2.warpAffine, cv2.resize(INTER_AREA), cv2.dilate and cv2.GaussianBlur.
 // These are ports of what OpenCV 5 computes for exactly the arguments deocc
 // passes, down to its float32 arithmetic and round-half-to-even: the page's
 // crops match the Python path's but for 1 grey level on a few values in 10^5,
@@ -259,28 +259,76 @@ export function gaussianKernel(ksize, sigma) {
 }
 
 /**
- * cv2.GaussianBlur(src, (0, 0), sigma) of a single-channel float32 image:
- * kernel side cvRound(8 sigma + 1) | 1, BORDER_REFLECT_101, rows then columns.
+ * cv2.GaussianBlur(src, (0, 0), sigma) of a float32 image with `channels`
+ * interleaved channels: kernel side cvRound(8 sigma + 1) | 1 (OpenCV's rule
+ * for float images), BORDER_REFLECT_101, rows then columns. Each pass sums in
+ * double and stores float32 (OpenCV sums in float32; the difference is far
+ * below what the uint8 results and blend weights resolve).
  */
-export function gaussianBlur(src, w, h, sigma) {
+export function gaussianBlur(src, w, h, sigma, channels = 1) {
   const ksize = roundHalfEven(sigma * 4 * 2 + 1) | 1;
   const kern = gaussianKernel(ksize, sigma);
   const half = (ksize - 1) >> 1;
-  const tmp = new Float32Array(w * h);
+  const cn = channels;
+  // Reflected indices of every tap, once per axis.
+  const taps = (n) => {
+    const t = new Int32Array(n * ksize);
+    for (let i = 0; i < n; i++) for (let k = 0; k < ksize; k++) t[i * ksize + k] = reflect101(i + k - half, n);
+    return t;
+  };
+  const tx = taps(w), ty = taps(h);
+  const tmp = new Float32Array(w * h * cn);
   for (let y = 0; y < h; y++) {
+    const row = y * w;
     for (let x = 0; x < w; x++) {
-      let s = 0;
-      for (let i = 0; i < ksize; i++) s += kern[i] * src[y * w + reflect101(x + i - half, w)];
-      tmp[y * w + x] = s;
+      for (let c = 0; c < cn; c++) {
+        let s = 0;
+        for (let k = 0; k < ksize; k++) s += kern[k] * src[(row + tx[x * ksize + k]) * cn + c];
+        tmp[(row + x) * cn + c] = s;
+      }
     }
   }
-  const out = new Float32Array(w * h);
+  const out = new Float32Array(w * h * cn);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
-      let s = 0;
-      for (let i = 0; i < ksize; i++) s += kern[i] * tmp[reflect101(y + i - half, h) * w + x];
-      out[y * w + x] = s;
+      for (let c = 0; c < cn; c++) {
+        let s = 0;
+        for (let k = 0; k < ksize; k++) s += kern[k] * tmp[(ty[y * ksize + k] * w + x) * cn + c];
+        out[(y * w + x) * cn + c] = s;
+      }
     }
   }
   return out;
+}
+
+/**
+ * align._median_colour: the per-channel median of a uint8 image, sampled
+ * every `step` rows and columns (step = max(1, int(sqrt(h w / 65536))), so at
+ * most ~65k pixels), as numpy.median gives it: the middle value, or the mean
+ * of the two middle ones for an even count.
+ *
+ * @returns {number[]} one median per channel.
+ */
+export function medianColour(src, w, h, channels) {
+  const step = Math.max(1, Math.trunc(Math.sqrt(h * w / 65536)));
+  const hist = Array.from({ length: channels }, () => new Float64Array(256));
+  let n = 0;
+  for (let y = 0; y < h; y += step) {
+    for (let x = 0; x < w; x += step) {
+      const i = (y * w + x) * channels;
+      for (let c = 0; c < channels; c++) hist[c][src[i + c]] += 1;
+      n += 1;
+    }
+  }
+  // The value at a rank (0-based) of the sorted samples.
+  const atRank = (hc, rank) => {
+    let seen = 0;
+    for (let v = 0; v < 256; v++) {
+      seen += hc[v];
+      if (seen > rank) return v;
+    }
+    return 255;
+  };
+  return hist.map((hc) => (n % 2 ? atRank(hc, (n - 1) / 2)
+    : (atRank(hc, n / 2 - 1) + atRank(hc, n / 2)) / 2));
 }

@@ -146,8 +146,8 @@ async function processFrame(source, width, height, timestampMs) {
   afterCtx.putImageData(new ImageData(rgbToRgba(restored.rgb, width, height), width, height), 0, 0);
   const ms = { detect: detectMs, ...restored.ms, total: performance.now() - t0 };
   state.frames += 1;
-  state.last = { width, height, faces, matrices: restored.matrices, blended: restored.blended,
-    ms, source: state.source, frame: state.frames };
+  state.last = { width, height, faces, matrices: restored.matrices, padding: restored.padding,
+    blended: restored.blended, ms, source: state.source, frame: state.frames };
   return state.last;
 }
 

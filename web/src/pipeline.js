@@ -1,8 +1,8 @@
 // One frame through deocc: align every face, run the model on the crops in
 // one batch, paste each result back. The browser twin of
-// deocc_jax.infer_lib.restore_faces.
+// deocc_jax.restoration.frames.restore_frame (without temporal stabilisation).
 
-import { alignmentMatrix, warpToCrop } from "./geometry.js";
+import { alignmentMatrix, paddedCrop } from "./geometry.js";
 import { blendAlphaCrop, pasteFace } from "./blend.js";
 
 /** RGBA bytes (canvas ImageData) -> RGB bytes. */
@@ -36,19 +36,25 @@ export function rgbToRgba(rgb, width, height) {
  * @param {number} resolution the model's crop side R.
  * @param {(crops: Uint8Array, n: number) => Promise<{deoccluded: Uint8Array, mask: Float32Array}>} runModel
  *   runs the model on n crops packed as uint8 [n, R, R, 3].
- * @returns {Promise<{rgb: Uint8Array, matrices: number[][], blended: number, ms: object}>}
- *   the restored photo, the photo->crop matrix of each face, the number of
- *   pixels given a non-zero blend weight, and stage times in milliseconds.
+ * @returns {Promise<{rgb: Uint8Array, matrices: number[][], padding: number[], blended: number,
+ *   ms: object}>} the restored photo, the photo->crop matrix of each face, the
+ *   share of each crop that lies beyond the photo (filled as in training), the
+ *   number of pixels given a non-zero blend weight, and stage times in milliseconds.
  */
 export async function restoreFaces(rgb, width, height, faces, resolution, runModel) {
   const r = resolution, n = faces.length;
   const out = Uint8Array.from(rgb);
   const ms = { align: 0, model: 0, blend: 0 };
-  if (n === 0) return { rgb: out, matrices: [], blended: 0, ms };
+  if (n === 0) return { rgb: out, matrices: [], padding: [], blended: 0, ms };
   let t = performance.now();
   const matrices = faces.map((lm) => alignmentMatrix(lm, r));
   const crops = new Uint8Array(n * r * r * 3);
-  matrices.forEach((m, i) => crops.set(warpToCrop(rgb, width, height, m, r), i * r * r * 3));
+  const padding = matrices.map((m, i) => {
+    // Padded like the training crops where the face's crop reaches past the photo.
+    const crop = paddedCrop(rgb, width, height, m, r);
+    crops.set(crop.image, i * r * r * 3);
+    return crop.paddingFraction;
+  });
   ms.align = performance.now() - t;
   t = performance.now();
   const { deoccluded, mask } = await runModel(crops, n);
@@ -62,5 +68,5 @@ export async function restoreFaces(rgb, width, height, faces, resolution, runMod
     blended += pasteFace(out, width, height, restored, alpha, matrices[i], r);
   }
   ms.blend = performance.now() - t;
-  return { rgb: out, matrices, blended, ms };
+  return { rgb: out, matrices, padding, blended, ms };
 }
