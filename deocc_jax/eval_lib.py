@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh

@@ -28,7 +28,7 @@ from __future__ import annotations
 import glob
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -48,17 +48,6 @@ ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")
 # would take gigabytes.
 DEFAULT_MAX_PIXELS = images.DEFAULT_MAX_PIXELS
 
-
-
-def _check_guidance(model: Predictor, masks: GuideMasks | None) -> None:
-    if model.guided and masks is None:
-        raise errors.InvalidInputError(
-            f"{model.description} is a guided model: pass the occluder masks with --mask (an "
-            "image, or a folder of masks named like the photos)")
-    if not model.guided and masks is not None:
-        raise errors.InvalidInputError(
-            f"--mask {masks.spec}: {model.description} is a blind model (it finds the occluder "
-            "itself); drop --mask or use a guided model")
 
 
 class GuideMasks:
@@ -243,7 +232,7 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
         (raised before any photo is read).
       images.DecodeError: the only input photo cannot be decoded.
     """
-    _check_guidance(model, masks)
+    frames.check_model(model, None if masks is None else masks.spec)
     inputs, outputs = plan_photos(input_spec, output, save_masks=save_masks,
                                   side_by_side_out=side_by_side_out)
     reports = []
@@ -390,8 +379,7 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
       {"output", "frames", "frames_expected", "truncation", "fps_source",
       "fps_processed", "stage_ms", "files"}.
     """
-    if model.guided != (mask is not None):
-        _check_guidance(model, None if mask is None else GuideMasks(mask))
+    frames.check_model(model, mask)
     paths = plan_video(input_spec, output, save_masks=save_masks,
                        side_by_side_out=side_by_side_out, display=display)
     timer = video_io.StageTimer()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 from typing import Any
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deocc_jax import checkpointing, errors, models
+from deocc_jax import assets, checkpointing, errors, models
 
 PRETRAINED_FILE = "deocc_model.json"
 PRETRAINED_FORMAT = 1
@@ -69,14 +68,6 @@ def is_pretrained(path: str) -> bool:
 def _abstract_variables(config: ml_collections.ConfigDict, sharding=None):
     shapes = jax.eval_shape(functools.partial(models.init_generator, config), jax.random.key(0))
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model(path: str, checkpoint: str | int = "latest") -> LoadedModel:
@@ -132,7 +123,7 @@ def _load_pretrained(path: str) -> LoadedModel:
     var_path = os.path.join(path, VARIABLES_FILE)
     if not os.path.isfile(var_path):
         raise errors.InputNotFoundError(f"{var_path}: missing (the model's parameters)")
-    if _sha256(var_path) != meta["sha256"]:
+    if assets.sha256_file(var_path) != meta["sha256"]:
         raise errors.InvalidInputError(f"{var_path}: sha256 differs from {PRETRAINED_FILE}: the "
                                        "file is damaged or was replaced")
     abstract = _abstract_variables(config)
@@ -163,7 +154,7 @@ def save_pretrained(directory: str, config: ml_collections.ConfigDict, variables
     meta = {"format": PRETRAINED_FORMAT, "name": name, "step": int(step),
             "resolution": int(config.resolution), "mode": config.model.mode,
             "param_dtype": dtype, "num_params": int(sum(x.size for x in jax.tree.leaves(stored))),
-            "sha256": _sha256(var_path)}
+            "sha256": assets.sha256_file(var_path)}
     with open(os.path.join(directory, PRETRAINED_FILE), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")

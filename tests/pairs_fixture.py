@@ -141,3 +141,35 @@ def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def random_tiny(resolution: int = 64, *, guided: bool = False, base_width: int | None = None,
+                seed: int = 0):
+    """(config, variables) of configs/tiny.py at `resolution` with random weights.
+
+    The weights are drawn with numpy from the shapes flax would make (kernels
+    ~ N(0, 1/fan_in), scales 1, the rest 0): compiling flax's own init takes
+    longer than everything the tests then do with the model.
+    """
+    import sys
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import jax
+    from configs import tiny
+    from deocc_jax import models
+    config = tiny.get_config()
+    config.resolution = resolution
+    if guided:
+        config.model.mode = "guided"
+    if base_width is not None:
+        config.model.generator.base_width = base_width
+    shapes = jax.eval_shape(lambda k: models.init_generator(config, k), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "kernel":
+            return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(s.dtype)
+        return (np.ones if name == "scale" else np.zeros)(s.shape, s.dtype)
+
+    return config, jax.tree_util.tree_map_with_path(draw, shapes)

@@ -12,13 +12,11 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from benchmarks import inference, runtimes
-from configs import tiny
-from deocc_jax import errors, loading, models
+from deocc_jax import errors, loading
 from tests import pairs_fixture
 
 CLIP_FRAMES, CLIP_FPS = 24, 30.0
@@ -26,24 +24,9 @@ FLICKER_FRAMES = 5
 
 
 def _random_pretrained(directory, resolution: int, base_width: int) -> str:
-    """configs/tiny.py at `resolution` and `base_width`, random weights, as a pretrained folder.
-
-    The weights are drawn with numpy from the shapes flax would make (kernels ~ N(0, 1/fan_in),
-    scales 1, the rest 0): compiling flax's own init costs more than the model's use here.
-    """
-    config = tiny.get_config()
-    config.resolution = resolution
-    config.model.generator.base_width = base_width
-    shapes = jax.eval_shape(lambda k: models.init_generator(config, k), jax.random.key(0))
-    rng = np.random.default_rng(base_width)
-
-    def draw(path, s):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel":
-            return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(s.dtype)
-        return (np.ones if name == "scale" else np.zeros)(s.shape, s.dtype)
-
-    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    """configs/tiny.py at `resolution` and `base_width`, random weights, as a pretrained folder."""
+    config, variables = pairs_fixture.random_tiny(resolution, base_width=base_width,
+                                                  seed=base_width)
     loading.save_pretrained(str(directory), config, variables, 0, name=f"tiny-{base_width}",
                             dtype="float32")
     return str(directory)

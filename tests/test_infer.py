@@ -139,7 +139,7 @@ class _Guided:
 
 def test_clear_errors_for_guided_models_and_broken_photos(tmp_path, model):
     photo = sample_photos.face_photo_paths()[0]
-    with pytest.raises(ValueError, match="guided model: pass the occluder masks with --mask"):
+    with pytest.raises(ValueError, match="guided model: pass the occluder's mask with --mask"):
         infer_lib.process_photos(_Guided(), photo, str(tmp_path / "o"), log=lambda s: None)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")

@@ -13,7 +13,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIBRARY = REPO / "deocc_jax"

@@ -3,41 +3,21 @@
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from configs import tiny
-from deocc_jax import infer_lib, loading, models, predictors, sample_photos
+from deocc_jax import infer_lib, loading, predictors, sample_photos
 from deocc_jax.faces import FaceAnalyzer
-from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming import clips, flicker, queues
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 from deocc_jax.streaming.stats import LiveStats, format_line
 from deocc_jax.streaming.tracking import LandmarkTracker, TrackerOptions
+from tests import pairs_fixture
 
 
 def tiny_model(resolution=64, guided=False):
-    """configs/tiny.py at `resolution`, random-initialised, behind the real JAX predictor.
-
-    The weights are drawn with numpy from the shapes flax would make (kernels
-    ~ N(0, 1/fan_in), scales 1, the rest 0): compiling flax's own init takes
-    longer than everything the tests then do with the model.
-    """
-    config = tiny.get_config()
-    config.resolution = resolution
-    if guided:
-        config.model.mode = "guided"
-    shapes = jax.eval_shape(lambda k: models.init_generator(config, k), jax.random.key(0))
-    rng = np.random.default_rng(0)
-
-    def draw(path, s):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel":
-            return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(s.dtype)
-        return (np.ones if name == "scale" else np.zeros)(s.shape, s.dtype)
-
-    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    """configs/tiny.py at `resolution`, random-initialised, behind the real JAX predictor."""
+    config, variables = pairs_fixture.random_tiny(resolution, guided=guided)
     return predictors.JaxPredictor(loading.LoadedModel(config, variables, 0, "tiny-random",
                                                        "pretrained"))
 

@@ -105,15 +105,21 @@ class ModelOutput:
     masks: np.ndarray
 
 
-def check_model(model, guide: GuideMask | None) -> None:
-    """A guided model needs a mask and a blind one takes none: one clear line otherwise."""
-    if model.guided and guide is None:
+def check_model(model, mask: str | None) -> None:
+    """A guided model needs a mask and a blind one takes none: one clear line otherwise.
+
+    Args:
+      model: a `predictors.Predictor`.
+      mask: what --mask names (a mask image or a folder of them), or None.
+    """
+    if model.guided and mask is None:
         raise errors.InvalidInputError(
-            f"{model.description} is a guided model: pass the occluder's mask with --mask "
-            "(an image the size of the frame, or a square one on the aligned face)")
-    if not model.guided and guide is not None:
+            f"{model.description} is a guided model: pass the occluder's mask with --mask (an "
+            "image the size of the frame or photo, a square one on the aligned face, or for "
+            "photos a folder of masks named like them)")
+    if not model.guided and mask is not None:
         raise errors.InvalidInputError(
-            f"--mask {guide.path}: {model.description} is a blind model (it finds the occluder "
+            f"--mask {mask}: {model.description} is a blind model (it finds the occluder "
             "itself); drop --mask or use a guided model")
 
 

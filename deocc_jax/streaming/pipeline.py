@@ -98,7 +98,7 @@ class LivePipeline:
         self.sinks = list(sinks)
         self.options = options = options or PipelineOptions()
         self.guide = guide
-        restore.check_model(model, guide)
+        restore.check_model(model, None if guide is None else guide.path)
         self.stats = stats or LiveStats()
         self.stop_event = stop_event or threading.Event()
         self._tracker_factory = tracker_factory or (lambda: LandmarkTracker(options.tracker))

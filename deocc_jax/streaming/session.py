@@ -166,7 +166,7 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
         info = source.info
         model = model if model is not None else open_model(opts)
         guide = restore.GuideMask(opts.mask, (info.height, info.width)) if opts.mask else None
-        restore.check_model(model, guide)  # before any output is opened
+        restore.check_model(model, None if guide is None else guide.path)  # before any output is opened
         stats = stats_lib.LiveStats()
         started: dict[str, Any] = {}
         if opts.virtual_camera:
