@@ -50,3 +50,11 @@ def test_documented_flags_exist(module):
     allowed = BEAM_OPTIONS if module == "data_prep.build" else set()
     missing = sorted(DOCUMENTED[module] - defined - allowed - {"help", "helpfull"})
     assert not missing, f"the docs show flags that `python -m {module}` does not define: {missing}"
+
+
+def test_readme_headline_table_is_generated_from_the_results():
+    from benchmarks import headline
+    text = (REPO / "README.md").read_text()
+    assert headline.rewrite(text, headline.render()) == text, (
+        "README.md's headline table differs from benchmarks/results and pretrained/*/metrics: "
+        "run python -m benchmarks.headline")
