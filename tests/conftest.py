@@ -1,10 +1,18 @@
 """Shared test fixtures: where ../shared is, and 8 fake CPU devices for sharding tests."""
 
 import os
+import tempfile
 
 # Fake devices must be configured before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for every test and the training subprocesses they
+# start (they inherit the environment): the same tiny programs are compiled many times, and
+# XLA CPU compiles are the bulk of the suite's run time. Entries are keyed by the program,
+# JAX version, flags and device count, so sharing is safe.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"deocc-test-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import pathlib
 

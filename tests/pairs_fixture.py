@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 
 import cv2
 import numpy as np
@@ -20,18 +19,6 @@ import numpy as np
 from deocc_jax.data import features, writer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Persistent XLA compilation cache shared by in-process tests and the training
-# subprocesses they start: the same tiny programs are compiled many times, and
-# XLA CPU compiles are the bulk of these tests' run time. Entries are keyed by
-# the program, JAX version, flags and device count, so sharing is safe.
-JAX_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"deocc-test-jax-cache-{os.getuid()}")
-
-
-def enable_compilation_cache() -> None:
-    import jax
-    jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
 
 def _face(path: pathlib.Path, resolution: int) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -137,7 +124,6 @@ def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["JAX_COMPILATION_CACHE_DIR"] = JAX_CACHE_DIR
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -19,7 +19,6 @@ from benchmarks import train_step
 from deocc_jax import sharding, train_lib
 from tests import pairs_fixture as pf
 
-pf.enable_compilation_cache()
 
 # What the GPU image lacks (and the step must not need).
 _BLOCKED = ("tensorflow", "clu", "mediapipe", "grain", "orbax", "cv2", "torch")

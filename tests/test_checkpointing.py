@@ -16,7 +16,6 @@ from deocc_jax import checkpointing, eval_lib, sharding, steps, train_lib
 from deocc_jax.io import workdir_lock
 from tests import pairs_fixture as pf
 
-pf.enable_compilation_cache()
 
 N = 16          # steps of the reference run
 CKPT_EVERY = 2

@@ -30,7 +30,6 @@ from PIL import Image
 from deocc_jax import checkpointing, errors, infer_lib, loading, sample_photos, sharding, train_lib
 from tests import pairs_fixture as pf
 
-pf.enable_compilation_cache()
 
 N = 4  # steps of the shared run; checkpoints at 2 and 4
 

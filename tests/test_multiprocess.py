@@ -10,7 +10,6 @@ import pytest
 from deocc_jax import sharding, train_lib
 from tests import pairs_fixture as pf
 
-pf.enable_compilation_cache()
 
 STEPS = 4
 

@@ -10,7 +10,6 @@ from deocc_jax import checkpointing, loading, models, sharding, steps, train_lib
 from deocc_jax.data import input_pipeline
 from tests import pairs_fixture as pf
 
-pf.enable_compilation_cache()
 
 
 @pytest.fixture(scope="module")
