@@ -406,7 +406,6 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
             state, step_metrics = setup.train_step(state, batch)
             pending.append(step_metrics)
             done = step + 1
-            reporters.step(done)
             if done % config.log_every_steps == 0 or done == num_steps:
                 check_finite()
                 means = {k: float(np.mean(v)) for k, v in
@@ -418,6 +417,9 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                 if primary:
                     logging.info("step %d/%d | %s", done, num_steps,
                                  " ".join(f"{k} {v:.4g}" for k, v in means.items()))
+            # After the log step's device_get: steps/s and ETA then count computed steps,
+            # not steps merely dispatched (JAX runs ahead of the device asynchronously).
+            reporters.step(done)
             eval_metrics = None
             if validation and (done % config.eval_every_steps == 0 or done == num_steps):
                 eval_metrics, grid = eval_lib.validate(mesh, config, steps.eval_variables(state),
