@@ -358,6 +358,24 @@ def pair_mask(clean: np.ndarray, occluded: np.ndarray) -> np.ndarray:
     return (keep * 255)[..., None]
 
 
+class ProgressLog:
+    """Logs a worker's count and rate at 1, 10, 100 and every 15 s (Beam shows no progress)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.n = self.rejected = 0
+        self._t0 = self._last = time.time()
+
+    def tick(self, rejected: bool = False) -> None:
+        self.n += 1
+        self.rejected += int(rejected)
+        now = time.time()
+        if now - self._last > 15 or self.n in (1, 10, 100):
+            self._last = now
+            logging.info("data_prep worker %d: %d %s (%.1f/s), %d rejected", os.getpid(),
+                         self.n, self.unit, self.n / max(now - self._t0, 1e-6), self.rejected)
+
+
 class AlignFacesFn(beam.DoFn):
     """Decode -> landmarks -> checks -> aligned, padded crop, for one photo (or pair).
 
@@ -382,8 +400,7 @@ class AlignFacesFn(beam.DoFn):
         self.analyzer = FaceAnalyzer(mode="image", num_faces=c.max_faces,
                                      min_confidence=c.min_confidence, model_path=c.landmarker_model)
         self.canonical = L.canonical_face(c.landmarker_model)
-        self._n = self._n_rejected = 0
-        self._t0 = self._last_log = time.time()
+        self._log = ProgressLog("images read")
 
     def teardown(self):
         analyzer = getattr(self, "analyzer", None)
@@ -397,13 +414,7 @@ class AlignFacesFn(beam.DoFn):
         return t1
 
     def _progress(self, rejected: bool) -> None:
-        self._n += 1
-        self._n_rejected += int(rejected)
-        now = time.time()
-        if now - self._last_log > 15 or self._n in (1, 10, 100):
-            self._last_log = now
-            logging.info("data_prep worker %d: %d images done (%.1f images/s), %d rejected",
-                         os.getpid(), self._n, self._n / max(now - self._t0, 1e-6), self._n_rejected)
+        self._log.tick(rejected)
 
     def _reject(self, source: Source, reason: str, detail: str):
         self._rejected[reason].inc()
@@ -524,8 +535,10 @@ class SynthesizeFn(beam.DoFn):
         self.library = occluders.OccluderLibrary(c.occluders_dir) if c.occluders_dir else None
         self.synth_config = c.synth_config()
         self.canonical = L.canonical_face(c.landmarker_model)
+        self._log = ProgressLog("faces given occluders")
 
     def process(self, face: AlignedFace, plan: Plan):
+        self._log.tick()
         c = self.config
         split = plan.split(face.record_source)
         n_shards = plan.shards[split]

@@ -8,7 +8,7 @@ Writes, in pretrained/<name>/:
                                                      what `--config.init_from` fine-tunes from
   export/<step>/                                     the SavedModel (TF Serving, `infer`), float16
                                                      parameters, checked against JAX
-  metrics.json, metrics.md, metrics_samples.png      `deocc_jax.evaluate` on the test split: the
+  metrics.json, metrics.md                           `deocc_jax.evaluate` on the test split: the
                                                      shipped float16 model, the float32 checkpoint
                                                      it came from (what rounding costs), every
                                                      baseline and the face metrics
@@ -19,6 +19,7 @@ The model card (MODEL_CARD.md) is written by hand from these numbers.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -63,6 +64,8 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
             eval_lib.evaluate(tmp, heldout_data_dir, split="test",
                               output=os.path.join(tmp, "metrics_heldout.json"),
                               max_examples=max_examples, face_metrics=fm, log=log)
+    for stem in ("metrics", "metrics_heldout"):
+        _keep_no_dataset_photos(os.path.join(tmp, stem + ".json"))
     demo = os.path.join(tmp, "demo_input.png")
     demo_photo.occluded_demo_photo(sample_photos.face_photo_paths()[0], demo, 0, occluders_dir)
     reports = infer_lib.process_photos(predictors.open_predictor(tmp), demo,
@@ -80,6 +83,19 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     log(f"shipped {out}: {size / 2**20:.1f} MiB")
     return out
+
+
+def _keep_no_dataset_photos(metrics_json: str) -> None:
+    """Drops evaluate's sample grid: its photos come from the dataset, whose terms forbid
+    redistribution, so they never go into the repo. Paths are made relative to the folder."""
+    if not os.path.exists(metrics_json):
+        return
+    with open(metrics_json) as f:
+        metrics = json.load(f)
+    os.remove(metrics["outputs"].pop("grid"))
+    metrics["outputs"] = {k: os.path.basename(v) for k, v in metrics["outputs"].items()}
+    with open(metrics_json, "w") as f:
+        json.dump(metrics, f, indent=2)
 
 
 def main(argv):

@@ -760,6 +760,7 @@ class StageTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -771,8 +772,14 @@ class StageTimer:
             dt = time.perf_counter() - start
             with self._lock:
                 self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
+                self.calls[stage] = self.calls.get(stage, 0) + 1
 
     def per_frame_ms(self, frames: int) -> dict[str, float]:
         """Milliseconds per frame of each stage over `frames` frames."""
         with self._lock:
             return {k: 1000.0 * v / max(frames, 1) for k, v in self.seconds.items()}
+
+    def per_call_ms(self) -> dict[str, float]:
+        """Mean milliseconds of one call of each stage."""
+        with self._lock:
+            return {k: 1000.0 * v / self.calls[k] for k, v in self.seconds.items()}

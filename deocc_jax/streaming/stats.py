@@ -9,12 +9,13 @@ real time, the moment it was due) to the moment every output has received it.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from typing import Any
 
 import numpy as np
+
+from deocc_jax.io import video as video_io
 
 # Recent latencies kept for the running p50/p95 (about 10 s at 30 fps).
 RECENT = 300
@@ -34,20 +35,8 @@ class LiveStats:
         self._recent: collections.deque[float] = collections.deque(maxlen=RECENT)
         self._first_out: float | None = None
         self._last_out: float | None = None
-        self._stage_s: collections.Counter[str] = collections.Counter()
-        self._stage_n: collections.Counter[str] = collections.Counter()
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        """Times one call of a stage ("detect", "model"...); snapshots report the mean."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = time.perf_counter() - start
-            with self._lock:
-                self._stage_s[name] += dt
-                self._stage_n[name] += 1
+        # Times one call of a stage ("detect", "model"...); snapshots report the mean.
+        self.stage = video_io.StageTimer()
 
     def frame_in(self, n: int = 1) -> None:
         """Counts `n` frames that entered (including ones skipped at the source)."""
@@ -95,7 +84,7 @@ class LiveStats:
                 "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
                 "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
                 "latency_ms_max": float(lat.max()) if lat.size else None,
-                "stage_ms": {k: 1000.0 * self._stage_s[k] / self._stage_n[k] for k in self._stage_s},
+                "stage_ms": self.stage.per_call_ms(),
             }
         return snap
 
