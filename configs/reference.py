@@ -5,8 +5,9 @@ decoder maps, attention gates on the skips, instance norm, L1 x5 inside the
 occluded region + SSIM + mask BCE/Dice + feature matching, hinge GAN with a
 2-scale spectral-norm PatchGAN, EMA) sized for a CPU run that fits a working
 session on 2 cores: base width 32, depth 6 (down to 2x2), 6.0 M generator
-parameters, batch 16. How it was chosen, its training command and its
-results are in pretrained/deocc-128/MODEL_CARD.md.
+parameters, batch 16, 800 steps (about 50 minutes on 2 cores; on more
+compute, raise num_train_steps: quality was still rising). How it was chosen,
+its training command and its results are in pretrained/deocc-128/MODEL_CARD.md.
 
 Variants (comma-separated, e.g. `configs/reference.py:noattn,runlocal`):
   noattn    ablation: no self-attention and no attention gates
@@ -22,7 +23,7 @@ def _noattn(c):
     c.model.generator.attention_gates = False
 
 
-def _runlocal(c):
+def runlocal(c):
     common.runlocal(c)
     if c.model.generator.self_attention_stride:
         c.model.generator.self_attention_stride = 8  # the 32 px maps are too small for 16
@@ -40,9 +41,9 @@ def get_config(arg=None):
     c = deocc.get_config()
     c.resolution = 128
     c.batch_size = 16
-    c.num_train_steps = 5_000
+    c.num_train_steps = 800
     c.log_every_steps = 50
-    c.eval_every_steps = 500
+    c.eval_every_steps = 400
     c.checkpoint_every_steps = 250
     c.keep_checkpoints = 2
     c.num_eval_examples = 256
@@ -50,6 +51,7 @@ def get_config(arg=None):
     c.model.generator.update(dict(base_width=32, depth=6, max_width=256))
     c.model.discriminator.base_width = 32
     for o in (c.optim.g, c.optim.d):
-        o.warmup_steps = 300
+        o.warmup_steps = 100
+        o.schedule = "linear_decay"  # constant, then linear towards 0 from half-way
     c.data.num_threads = 2
-    return common.apply_arg(c, arg, {"noattn": _noattn, "guided": _guided, "runlocal": _runlocal})
+    return common.apply_arg(c, arg, {"noattn": _noattn, "guided": _guided, "runlocal": runlocal})

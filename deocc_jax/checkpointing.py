@@ -35,6 +35,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any, Iterable, Mapping
@@ -50,6 +51,20 @@ from etils import epath
 from deocc_jax import errors
 
 BEST_METRIC = "val_ssim"
+
+
+def _best_metric(metrics: Mapping[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
+class _NoMetricsWarningFilter(std_logging.Filter):
+    """Drops orbax's warning for saves between evaluations: they have no metrics by design."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+std_logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
 CHECKPOINT_SUBDIR = "checkpoints"
 CHECKSUMS_FILE = "deocc_checksums.json"
 CHECKSUMS_FORMAT = 1
@@ -183,9 +198,12 @@ class Checkpointer:
         policies = [ocp.checkpoint_managers.LatestN(n=keep)]
         if keep_best > 0:
             policies.append(ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=keep_best,
+                get_metric_fn=_best_metric, reverse=False, n=keep_best,
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
+            # orbax 0.12.8 writes a step's metrics only when best_fn is set, whatever the
+            # preservation policy says: without it "best" silently meant "latest".
+            best_fn=_best_metric, best_mode="max",
             enable_async_checkpointing=async_save,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,

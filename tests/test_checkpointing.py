@@ -205,6 +205,24 @@ def test_best_and_latest_resolution(reference, caplog):
         ckpt.close()
 
 
+@pytest.mark.parametrize("async_save", [False, True])
+def test_best_is_the_highest_val_ssim_after_reopening(tmp_path, async_save):
+    # orbax 0.12.8 dropped the metrics unless best_fn was set: "best" was always the latest.
+    import ml_collections
+    tree = {"w": np.zeros(3, np.float32)}
+    ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2, keep_best=1, async_save=async_save)
+    for step, ssim in ((1, 0.5), (2, 0.9), (3, None), (4, 0.7), (5, None)):
+        ckpt.save(step, {"g": tree}, data_state=None, config=ml_collections.ConfigDict({"seed": 0}),
+                  metrics=None if ssim is None else {checkpointing.BEST_METRIC: ssim})
+    ckpt.close()
+    reopened = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+    try:
+        assert reopened.all_steps() == [2, 4, 5]  # the 2 latest and the best
+        assert reopened.resolve("best") == 2
+    finally:
+        reopened.close()
+
+
 def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
     # The quickstart's default output folder is relative; orbax refuses relative paths.
     import jax
