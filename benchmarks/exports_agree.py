@@ -1,7 +1,7 @@
 r"""Do a model's ONNX and LiteRT files compute what its SavedModel computes, run with no deocc code?
 
-    python -m benchmarks.exports_agree --model=pretrained/deocc-128 \
-        --output=benchmarks/results/exports_agree_deocc-128.json
+    python -m benchmarks.exports_agree --model=pretrained/deocc-realtime-128 \
+        --output=benchmarks/results/exports_agree_deocc-realtime-128.json
 
 Exports --model with `deocc_jax.export --format=saved_model,onnx,tflite --quantize=none` into a
 temporary folder, then loads each file with its runtime's own API only (TensorFlow's
@@ -26,7 +26,7 @@ from absl import flags
 from deocc_jax import errors, export_lib, sample_photos
 from launch import demo_photo
 
-_MODEL = flags.DEFINE_string("model", "pretrained/deocc-128", "A pretrained folder or workdir.")
+_MODEL = flags.DEFINE_string("model", "pretrained/deocc-realtime-128", "A pretrained folder or workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "Result JSON (default: print only).")
 
 

@@ -19,8 +19,9 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
-MODELS = (("deocc-128", "reference"), ("deocc-realtime-128", "realtime"))
-BASELINES = (("opencv_telea", "OpenCV Telea¹"), ("occluded_input", "doing nothing"))
+MODELS = (("deocc-realtime-128", "realtime"),)
+BASELINES = (("opencv_telea", "OpenCV Telea¹"), ("opencv_ns", "OpenCV Navier-Stokes¹"),
+             ("occluded_input", "doing nothing"))
 
 
 def _load(*parts: str) -> dict[str, Any] | None:

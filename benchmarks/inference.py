@@ -1,12 +1,12 @@
 r"""Inference speed and stability of deocc's models, side by side in one run on this CPU.
 
-  python -m benchmarks.inference        # the shipped models -> benchmarks/results/inference.{json,md}
+  python -m benchmarks.inference        # the shipped model -> benchmarks/results/inference.{json,md}
   python -m benchmarks.inference --models=reference=runs/ref,realtime=runs/rt --output=/tmp/x.json
   python -m benchmarks.inference --runtimes=jax --runtime_models= --init_resolutions= --noflicker
 
 One run measures every model of --models (NAME=PATH, JAX model folders: a pretrained folder or a
-training workdir; default the shipped reference model pretrained/deocc-128 and the live model
-pretrained/deocc-realtime-128) and compares each with the --baseline model (default the first):
+training workdir; default the shipped model pretrained/deocc-realtime-128; the recorded run adds
+the reference model's workdir) and compares each with the --baseline model (default the first):
 
 Issue 11 (live), per model:
   model_stage    the predictor on one real aligned face (the embedded public-domain portraits,
@@ -68,8 +68,7 @@ from deocc_jax.streaming.tracking import TrackerOptions  # noqa: E402
 
 # Every runtime a model can be timed in: JAX as loaded, then the variants of benchmarks/runtimes.py.
 RUNTIMES = ("jax",) + runtimes.VARIANTS
-DEFAULT_MODELS = (f"reference={os.path.join(predictors.PRETRAINED_DIR, predictors.DEFAULT_MODEL)}",
-                  f"realtime={os.path.join(predictors.PRETRAINED_DIR, predictors.DEFAULT_LIVE_MODEL)}")
+DEFAULT_MODELS = (f"realtime={os.path.join(predictors.PRETRAINED_DIR, predictors.DEFAULT_LIVE_MODEL)}",)
 DEFAULT_OUTPUT = os.path.join(common.REPO, "benchmarks", "results", "inference.json")
 
 # Issue 11's targets, reported per model (not asserted): name -> (comparison, limit, meaning).

@@ -44,7 +44,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (FSDP-style); 0 keeps every parameter replicated.
     c.fsdp_min_params = 0
     # Start the generator from a trained model (a pretrained folder such as
-    # pretrained/deocc-128, or a workdir) instead of a random init: fine-tuning.
+    # pretrained/deocc-realtime-128, or a workdir) instead of a random init: fine-tuning.
     c.init_from = ""
     # Face-aware validation metrics (expression, landmarks, identity; needs MediaPipe).
     c.eval_face_metrics = False

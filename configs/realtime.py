@@ -1,4 +1,4 @@
-"""The live model deocc ships (pretrained/deocc-realtime-128): 128 px in under 15 ms on 2 CPU cores.
+"""The model deocc ships (pretrained/deocc-realtime-128): 128 px, fast enough for live video on 2 CPU cores.
 
 The reference model's losses, data and training, with a generator sized for
 CPU latency: base width 16, depth 5, width capped at 128, no attention

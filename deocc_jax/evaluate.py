@@ -2,7 +2,7 @@ r"""Evaluates a trained model against baselines on a prepared split.
 
     python -m deocc_jax.evaluate --model=runs/deocc --data_dir=data/faces128 \
         --split=test --output=runs/deocc/eval/metrics.json [--checkpoint=best] \
-        [--compare=runs/unet_l1 --compare=pretrained/deocc-128] [--face_metrics]
+        [--compare=runs/unet_l1 --compare=pretrained/deocc-realtime-128] [--face_metrics]
 
 --model (and each --compare) is a training workdir, a pretrained folder or an
 export (SavedModel folder, .onnx, .tflite). Writes metrics.json, metrics.md

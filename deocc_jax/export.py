@@ -1,6 +1,6 @@
 r"""Exports a trained model for serving: SavedModel (TF Serving), ONNX, LiteRT.
 
-    python -m deocc_jax.export --model=pretrained/deocc-128 --output_dir=exports/deocc \
+    python -m deocc_jax.export --model=pretrained/deocc-realtime-128 --output_dir=exports/deocc \
         [--format=saved_model,onnx,tflite] [--quantize=none,float16,dynamic_int8] \
         [--data_dir=DATA] [--checkpoint=best] [--check_images='photos/*.jpg']
 

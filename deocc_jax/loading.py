@@ -1,6 +1,6 @@
 """Trained generators on disk: training workdirs and deocc's pretrained-model folders.
 
-    model = load_model("runs/a", checkpoint="best")    # or "pretrained/deocc-128"
+    model = load_model("runs/a", checkpoint="best")    # or "pretrained/deocc-realtime-128"
     model.config, model.variables, model.step
 
 A *workdir* holds orbax checkpoints (`train_lib` writes them); `checkpoint`

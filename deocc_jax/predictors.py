@@ -1,6 +1,6 @@
 """Any trained model as a batch function on aligned face crops, whatever its format.
 
-    predictor = open_predictor("pretrained/deocc-128")  # or a workdir, an export folder, ...
+    predictor = open_predictor("pretrained/deocc-realtime-128")  # or a workdir, an export folder, ...
     out = predictor(crops_uint8)                         # {"deoccluded", "mask"} numpy
 
 `infer`, `live`, `evaluate` and the export self-checks all run models through
@@ -28,7 +28,7 @@ from deocc_jax.io import onnx_runner, saved_model_runner, tflite_runner
 PRETRAINED_DIR = os.environ.get(
     "DEOCC_PRETRAINED_DIR",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained"))
-DEFAULT_MODEL = "deocc-128"
+DEFAULT_MODEL = "deocc-realtime-128"
 DEFAULT_LIVE_MODEL = "deocc-realtime-128"
 
 

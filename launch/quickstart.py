@@ -66,13 +66,13 @@ _AUGMENTS = [(f, a, s) for f in (False, True) for a in (-8, 0, 8) for s in (1.0,
 NOTE = """\
 NOTE: this model saw {n} photo(s) for {steps} steps at {res} px. It is a demonstration that every
 part of deocc works on this machine, not a useful de-occluder: expect blurry, barely-trained
-output{leak}. Compare shipped_side_by_side above: the model deocc ships (pretrained/deocc-128,
+output{leak}. Compare shipped_side_by_side above: the model deocc ships (pretrained/deocc-realtime-128,
 trained on thousands of faces; its card gives its numbers). To train one like it:
   python -m data_prep.build --input=PHOTOS --output_dir=DATA --resolution=128 \\
       --occluders_dir=../shared/occluders
-  python -m deocc_jax.train --config=configs/reference.py --workdir=RUN --config.data_dir=DATA
+  python -m deocc_jax.train --config=configs/realtime.py --workdir=RUN --config.data_dir=DATA
 then evaluate, export and run it with deocc_jax.evaluate / deocc_jax.export / deocc_jax.infer
-(or fine-tune the shipped one with --config.init_from=pretrained/deocc-128)."""
+(or fine-tune the shipped one with --config.init_from=pretrained/deocc-realtime-128)."""
 
 
 def augmented_copies(paths: list[str], out_dir: str) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from deocc_jax import assets, errors, loading, predictors, sample_photos, train_lib
 from tests import pairs_fixture
 
-SHIPPED = (predictors.DEFAULT_MODEL, predictors.DEFAULT_LIVE_MODEL)
+SHIPPED = sorted({predictors.DEFAULT_MODEL, predictors.DEFAULT_LIVE_MODEL})
 MAX_BYTES = 40 * 2**20  # the project's limit per shipped model
 REQUIRED_METHODS = ("model", "occluded_input", "opencv_telea", "opencv_ns")
 
@@ -76,8 +76,8 @@ def test_init_from_reads_a_pretrained_folder_and_refuses_another_architecture(tm
         train_lib.initial_generator(finetune)
 
 
-def test_reference_config_fine_tunes_from_the_shipped_model():
-    from configs import reference
-    config = reference.get_config()
+def test_its_config_fine_tunes_from_the_shipped_model():
+    from configs import realtime
+    config = realtime.get_config()
     config.init_from = predictors.default_model_path(predictors.DEFAULT_MODEL)
     assert train_lib.initial_generator(config) is not None
