@@ -184,8 +184,10 @@ def test_checkpoint_restores_in_fresh_process_with_same_metrics(reference, data_
     assert out.returncode == 0, out.stderr[-3000:]
     fresh = json.loads(out.stdout.split("RESULT")[-1])
     assert set(fresh) == {k[len("val_"):] for k in in_process}
+    # Outputs are uint8: 8 sharded devices and 1 device may round a few pixels to the next grey
+    # level (measured: 3e-5 relative on masked SSIM); a wrong checkpoint is off by far more.
     for k, v in fresh.items():
-        assert v == pytest.approx(in_process[f"val_{k}"], rel=1e-5, abs=1e-6), k
+        assert v == pytest.approx(in_process[f"val_{k}"], rel=1e-4, abs=1e-6), k
     assert 0.0 < fresh["ssim"] < 1.0
 
 

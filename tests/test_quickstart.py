@@ -34,6 +34,6 @@ def test_quickstart_end_to_end(quickstart_run):
         assert json.load(f)["budget"] == "ci"
     text = "\n".join(quickstart_run["log"])
     # Honest about what a handful of photos gives, and says how to train a real model.
-    assert "demonstration" in text and "configs/deocc.py" in text
+    assert "demonstration" in text and "configs/realtime.py" in text
     for key in ("metrics", "export", "demo_output"):
         assert out[key] in text
