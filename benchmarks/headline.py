@@ -81,6 +81,15 @@ def render() -> str:
     for label, keys, digits in speed:
         cells = [_fmt(_get(inference, "models", key, *keys), digits) for _, key in MODELS]
         rows.append((label, cells + ["–"] * len(BASELINES)))
+
+    def flicker_cell(key: str) -> str:
+        motion = _get(inference, "models", key, "flicker", "vs_per_frame", "stabilized", "by_motion")
+        if not motion:
+            return "–"
+        shares = [_get(motion, m, "flicker_reduction") for m in ("still", "slow", "moving")]
+        return " / ".join("–" if v is None else f"{100 * v:.0f} %" for v in shares)
+    rows.append(("flicker removed by `--stabilize`, still / slow / moving face ↑",
+                 [flicker_cell(key) for _, key in MODELS] + ["–"] * len(BASELINES)))
     lines = ["| | " + " | ".join(f"`{c}`" if c.startswith("deocc") else c for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
