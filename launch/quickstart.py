@@ -75,6 +75,11 @@ then evaluate, export and run it with deocc_jax.evaluate / deocc_jax.export / de
 (or fine-tune the shipped one with --config.init_from=pretrained/deocc-realtime-128)."""
 
 
+# The embedded copies of two portraits are near-duplicates by design: grouped, they would make
+# two groups for three splits and leave the test split empty. 0 turns grouping off.
+EMBEDDED_NEAR_DUPLICATES = 0.0
+
+
 def augmented_copies(paths: list[str], out_dir: str) -> list[str]:
     """Writes mirrored / rotated / rescaled PNG copies of each photo; returns their paths.
 
@@ -116,13 +121,15 @@ def select_photos(input_spec: str, max_photos: int, out_dir: str) -> list[str]:
 
 
 def prepare_dataset(photos_dir: str, data_dir: str, *, resolution: int, variants_per_face: int,
-                    seed: int, occluders_dir: str | None) -> dict[str, Any]:
+                    seed: int, occluders_dir: str | None,
+                    near_duplicates: float | None = None) -> dict[str, Any]:
     """Runs data prep (`data_prep.build.build_dataset`) on the photos; returns dataset_info.json."""
     from data_prep.build import build_dataset
+    extra = {} if near_duplicates is None else {"near_duplicates": near_duplicates}
     return build_dataset(photos_dir, data_dir, resolution=resolution,
                          variants_per_face=variants_per_face, seed=seed,
                          splits="train=0.7,validation=0.15,test=0.15",
-                         occluders_dir=occluders_dir, overwrite=True)
+                         occluders_dir=occluders_dir, overwrite=True, **extra)
 
 
 def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | None = None,
@@ -170,7 +177,8 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
     # 2. Dataset.
     info = prepare_dataset(d["photos"], d["data"], resolution=b.resolution,
                            variants_per_face=b.variants_per_face, seed=seed,
-                           occluders_dir=occluders_dir)
+                           occluders_dir=occluders_dir,
+                           near_duplicates=EMBEDDED_NEAR_DUPLICATES if embedded else None)
     counts = {k: v.get("num_records") for k, v in info.get("splits", {}).items()}
     log(f"[quickstart] dataset {d['data']}: {counts}")
     stage("data")

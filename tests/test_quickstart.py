@@ -37,3 +37,21 @@ def test_quickstart_end_to_end(quickstart_run):
     assert "demonstration" in text and "configs/realtime.py" in text
     for key in ("metrics", "export", "demo_output"):
         assert out[key] in text
+
+
+def test_embedded_default_dataset_has_every_split(tmp_path):
+    """README's first command: the embedded portraits' copies fill train, validation and test.
+
+    Near-duplicate grouping would make the copies of each portrait one group: two groups for
+    three splits, and the quickstart stopped at evaluation with an empty test split.
+    """
+    from deocc_jax import sample_photos
+    from launch import quickstart
+    photos = quickstart.augmented_copies(sample_photos.face_photo_paths(), str(tmp_path / "photos"))
+    b = quickstart.BUDGETS["default"]
+    info = quickstart.prepare_dataset(str(tmp_path / "photos"), str(tmp_path / "data"),
+                                      resolution=b.resolution, variants_per_face=1, seed=0,
+                                      occluders_dir=None, near_duplicates=quickstart.EMBEDDED_NEAR_DUPLICATES)
+    counts = {k: v["num_records"] for k, v in info["splits"].items()}
+    assert sum(counts.values()) == len(photos)
+    assert all(counts[s] > 0 for s in ("train", "validation", "test")), counts
