@@ -417,7 +417,8 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
       max_examples: evaluate n examples spread evenly over the split.
       output: metrics JSON path; the Markdown table and the grid PNG are
         written next to it (`<stem>.md`, `<stem>_samples.png`).
-      grid_rows_per_kind: best / median / worst examples shown in the grid.
+      grid_rows_per_kind: best / median / worst examples shown in the grid; 0 writes
+        no grid (and re-runs nothing).
       face_metrics: a `face_metrics.FaceMetrics`, or None for pixel metrics only.
       log: progress output.
 
@@ -427,6 +428,9 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
     mesh = sharding.make_mesh()
     if batch_size <= 0:
         raise errors.InvalidInputError(f"--batch_size={batch_size}: must be a positive number")
+    if grid_rows_per_kind < 0:
+        raise errors.InvalidInputError(f"--grid_rows={grid_rows_per_kind}: must be 0 (no grid) "
+                                       "or more")
     batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     info = features.read_dataset_info(data_dir)
     resolution = int(info["resolution"])
@@ -466,13 +470,15 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
 
     # Best / median / worst by the first method (the model when there is one), re-run on
     # just those examples for the grid rather than keeping every output in memory.
+    # grid_rows_per_kind=0: no grid (its tiles are dataset photos; see launch/ship_model.py).
     first = methods[0].name
-    grid_idx = pick_examples(per_image[first]["masked_psnr"], grid_rows_per_kind)
+    grid_idx = (pick_examples(per_image[first]["masked_psnr"], grid_rows_per_kind)
+                if grid_rows_per_kind > 0 else [])
     chosen = [int(result.indices[i]) for _, i in grid_idx]
-    examples = input_pipeline.read_examples(data_dir, split, chosen)
-    local = {k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS}
+    examples = input_pipeline.read_examples(data_dir, split, chosen) if chosen else []
+    local = {k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS} if chosen else {}
     grid_outputs = {}
-    if jax.process_count() == 1:
+    if chosen and jax.process_count() == 1:
         padded = {k: np.concatenate([v, np.repeat(v[:1], -len(v) % mesh.devices.size, 0)])
                   for k, v in local.items()}
         batch = sharding.put_batch(mesh, padded)
@@ -502,7 +508,7 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
                     for m in methods},
         "face_metrics": face_metrics.describe() if face_metrics is not None else None,
         "outputs": {"metrics": os.path.abspath(output), "markdown": os.path.abspath(md_path),
-                    "grid": os.path.abspath(grid_path)},
+                    **({"grid": os.path.abspath(grid_path)} if grid_idx else {})},
     }
     out_json["grid_examples"] = [
         {"kind": kind, "index": int(result.indices[i]), "category": cats[i],
@@ -513,18 +519,24 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(md_path, "w") as f:
             f.write(markdown_report(out_json))
-        shown = [m.name for m in methods if m.name != "occluded_input"]
-        rows = []
-        for j, (kind, i) in enumerate(grid_idx):
-            imgs = [local["occluded"][j]] + [grid_outputs[n][j] for n in shown] + [local["clean"][j]]
-            rows.append((f"{kind} #{int(result.indices[i])} {cats[i]}: {first} "
-                         f"{per_image[first]['masked_psnr'][i]:.1f} dB occl.", imgs))
-        grid = sample_grid(["occluded"] + shown + ["clean"], rows)
-        if not cv2.imwrite(grid_path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-            raise IOError(f"could not write {grid_path}")
+        if grid_idx:
+            _write_grid(grid_path, methods, first, grid_idx, local, grid_outputs, result, cats,
+                        per_image)
         with open(output, "w") as f:
             json.dump(_json_safe(out_json), f, indent=2)
     return out_json
+
+
+def _write_grid(path, methods, first, grid_idx, local, grid_outputs, result, cats, per_image):
+    shown = [m.name for m in methods if m.name != "occluded_input"]
+    rows = []
+    for j, (kind, i) in enumerate(grid_idx):
+        imgs = [local["occluded"][j]] + [grid_outputs[n][j] for n in shown] + [local["clean"][j]]
+        rows.append((f"{kind} #{int(result.indices[i])} {cats[i]}: {first} "
+                     f"{per_image[first]['masked_psnr'][i]:.1f} dB occl.", imgs))
+    grid = sample_grid(["occluded"] + shown + ["clean"], rows)
+    if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise IOError(f"could not write {path}")
 
 
 def _json_safe(x):

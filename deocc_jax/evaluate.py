@@ -33,7 +33,8 @@ _FACE_METRICS = flags.DEFINE_bool("face_metrics", True,
                                   "needs requirements-eval.txt).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global eval batch (rounded up to the device count).")
 _MAX = flags.DEFINE_integer("max_examples", None, "Only n examples, spread evenly over the split.")
-_GRID_ROWS = flags.DEFINE_integer("grid_rows", 2, "Best, median and worst examples in the grid.")
+_GRID_ROWS = flags.DEFINE_integer("grid_rows", 2, "Best, median and worst examples in the grid "
+                                  "(0: no grid).")
 
 
 def main(argv):

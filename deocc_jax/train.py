@@ -5,6 +5,7 @@ add --distributed (Cloud TPU, SLURM and Open MPI are auto-detected) or give
 --coordinator_address/--num_processes/--process_id explicitly.
 """
 
+import contextlib
 import os
 import sys
 
@@ -36,12 +37,14 @@ def main(argv):
         train_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     logging.info("config:\n%s", config)
-    fm = None
-    if config.eval_face_metrics:
-        from deocc_jax import face_metrics  # MediaPipe (and dlib) only when asked for
-        fm = face_metrics.FaceMetrics()
-    result = train_lib.train_and_evaluate(config, _WORKDIR.value, face_metrics=fm,
-                                          break_lock=_BREAK_LOCK.value)
+    with contextlib.ExitStack() as stack:
+        fm = None
+        if config.eval_face_metrics:
+            from deocc_jax import face_metrics  # MediaPipe (and dlib) only when asked for
+            # Closed here: left to the interpreter's exit, MediaPipe's finaliser raises.
+            fm = stack.enter_context(face_metrics.FaceMetrics())
+        result = train_lib.train_and_evaluate(config, _WORKDIR.value, face_metrics=fm,
+                                              break_lock=_BREAK_LOCK.value)
     if result["preempted"]:
         logging.warning("stopped early at step %d after a preemption notice", result["step"])
         sys.exit(train_lib.PREEMPTED_EXIT_CODE)

@@ -13,6 +13,8 @@ Writes, in pretrained/<name>/:
                                                      it came from (what rounding costs), every
                                                      baseline and the face metrics
   metrics_heldout.*                                  the same on --heldout_data_dir's test split
+                                                     (no sample grids: their tiles are dataset
+                                                     photos, which may not be redistributed)
   demo.png                                           before | after on a public-domain portrait
 The model card (MODEL_CARD.md) is written by hand from these numbers.
 """
@@ -59,13 +61,14 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
     with face_metrics.FaceMetrics() as fm:
         eval_lib.evaluate(tmp, data_dir, split="test", compare=[workdir],
                           output=os.path.join(tmp, "metrics.json"), max_examples=max_examples,
-                          face_metrics=fm, log=log)
+                          grid_rows_per_kind=0, face_metrics=fm, log=log)
         if heldout_data_dir:
             eval_lib.evaluate(tmp, heldout_data_dir, split="test",
                               output=os.path.join(tmp, "metrics_heldout.json"),
-                              max_examples=max_examples, face_metrics=fm, log=log)
+                              max_examples=max_examples, grid_rows_per_kind=0, face_metrics=fm,
+                              log=log)
     for stem in ("metrics", "metrics_heldout"):
-        _keep_no_dataset_photos(os.path.join(tmp, stem + ".json"))
+        _relative_outputs(os.path.join(tmp, stem + ".json"))
     demo = os.path.join(tmp, "demo_input.png")
     demo_photo.occluded_demo_photo(sample_photos.face_photo_paths()[0], demo, 0, occluders_dir)
     reports = infer_lib.process_photos(predictors.open_predictor(tmp), demo,
@@ -85,14 +88,12 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
     return out
 
 
-def _keep_no_dataset_photos(metrics_json: str) -> None:
-    """Drops evaluate's sample grid: its photos come from the dataset, whose terms forbid
-    redistribution, so they never go into the repo. Paths are made relative to the folder."""
+def _relative_outputs(metrics_json: str) -> None:
+    """Output paths relative to the shipped folder (they are absolute where evaluate ran)."""
     if not os.path.exists(metrics_json):
         return
     with open(metrics_json) as f:
         metrics = json.load(f)
-    os.remove(metrics["outputs"].pop("grid"))
     metrics["outputs"] = {k: os.path.basename(v) for k, v in metrics["outputs"].items()}
     with open(metrics_json, "w") as f:
         json.dump(metrics, f, indent=2)

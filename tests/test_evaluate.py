@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from deocc_jax import baselines, eval_lib
+from deocc_jax import baselines, errors, eval_lib
 from deocc_jax.data import input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,6 +90,17 @@ def test_cli_on_another_device_count_matches(quickstart_run, metrics, tmp_path):
             assert got["methods"][name]["overall"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
     assert (tmp_path / "m.md").is_file() and (tmp_path / "m_samples.png").is_file()
     assert "| model |" in proc.stdout
+
+
+def test_no_grid_when_asked_for_none(quickstart_run, tmp_path):
+    """grid_rows_per_kind=0 writes no picture: shipped metrics carry no dataset photos."""
+    data = quickstart_run["outputs"]["dataset"]
+    out = tmp_path / "m.json"
+    got = eval_lib.evaluate(None, data, output=str(out), grid_rows_per_kind=0, log=lambda _: None)
+    assert "grid" not in got["outputs"] and got["grid_examples"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.md"]
+    with pytest.raises(errors.InvalidInputError, match="--grid_rows=-1"):
+        eval_lib.evaluate(None, data, output=str(out), grid_rows_per_kind=-1)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
