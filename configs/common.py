@@ -74,6 +74,7 @@ def get_base_config() -> ml_collections.ConfigDict:
         adv_weight=1.0,            # 0: no discriminator at all
         l1_weight=100.0,
         l1_occluded_weight=1.0,    # multiplier of the L1 inside the occluded region
+        raw_l1_weight=0.0,         # L1 of the raw fill (before compositing) in the true mask
         ssim_weight=0.0,
         mask_bce_weight=0.0,
         mask_dice_weight=0.0,

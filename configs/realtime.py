@@ -17,8 +17,9 @@ def get_config(arg=None):
                                   self_attention_stride=0, attention_gates=False))
     # A discriminator sized like the generator: it costs most of a training step otherwise.
     c.model.discriminator.base_width = 16
-    # Cheaper steps buy more of them in the same session (about 40 minutes on 2 cores).
-    c.num_train_steps = 1_500
+    # Cheaper steps buy more of them: validation occluded-region PSNR rose 15.2 / 17.7 / 18.6
+    # dB at 500 / 1,500 / 2,500 steps (about 0.7 steps/s on 2 cores: 2 hours for 5,000).
+    c.num_train_steps = 5_000
     c.eval_every_steps = 500
     for o in (c.optim.g, c.optim.d):
         o.warmup_steps = 300

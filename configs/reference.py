@@ -52,6 +52,9 @@ def get_config(arg=None):
     c.eval_face_metrics = True
     c.model.generator.update(dict(base_width=32, depth=6, max_width=256))
     c.model.discriminator.base_width = 32
+    # The fill is trained over the whole true occluder, not only where the mask head fires
+    # (losses.generator_loss): hats, scarves and small objects were left half-removed.
+    c.loss.raw_l1_weight = 5.0
     for o in (c.optim.g, c.optim.d):
         o.warmup_steps = 100
         o.schedule = "linear_decay"  # constant, then linear towards 0 from half-way

@@ -77,6 +77,11 @@ def weighted_l1(pred: jax.Array, target: jax.Array, mask: jax.Array,
     return jnp.mean(jnp.abs(pred - target) * w)
 
 
+def masked_l1(pred: jax.Array, target: jax.Array, mask: jax.Array, eps: float = 1.0) -> jax.Array:
+    """Mean |pred - target| over the pixels inside the mask (eps keeps an empty batch finite)."""
+    return jnp.sum(jnp.abs(pred - target) * mask) / (jnp.sum(mask) * pred.shape[-1] + eps)
+
+
 def ssim_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     """1 - SSIM of images in [-1, 1] (data range 2)."""
     return 1.0 - jnp.mean(metrics.ssim(pred, target, data_range=2.0))
@@ -101,10 +106,11 @@ def generator_loss(weights, out: dict, clean: jax.Array, mask: jax.Array,
     """The generator's weighted loss from one forward pass.
 
     Args:
-      weights: `config.loss` (l1_weight, l1_occluded_weight, ssim_weight,
+      weights: `config.loss` (l1_weight, l1_occluded_weight, raw_l1_weight, ssim_weight,
         mask_bce_weight, mask_dice_weight, adv_weight, adversarial,
         feature_matching_weight).
-      out: `models.generate` output ("output" in [-1, 1], "mask_logits" or None).
+      out: `models.generate` output ("output" in [-1, 1], "raw" (the fill before
+        compositing), "mask_logits" or None).
       clean: float32 [B, H, W, 3] target in [-1, 1].
       mask: float32 [B, H, W, 1] true occlusion mask in [0, 1].
       d_fake: the discriminator's outputs for `out["output"]`, or None without D.
@@ -115,6 +121,12 @@ def generator_loss(weights, out: dict, clean: jax.Array, mask: jax.Array,
     """
     fake = out["output"]
     terms = {"l1": (weights.l1_weight, weighted_l1(fake, clean, mask, weights.l1_occluded_weight))}
+    if weights.raw_l1_weight > 0 and out["mask_logits"] is not None:
+        # The composite only trains the fill where the predicted mask is on: where the
+        # mask head misses part of an occluder, the fill learns to copy it, and the
+        # composite's L1 then gives the mask no reason to grow. Training the raw fill
+        # over the whole true region breaks that loop.
+        terms["raw_l1"] = (weights.raw_l1_weight, masked_l1(out["raw"], clean, mask))
     if weights.ssim_weight > 0:
         terms["ssim"] = (weights.ssim_weight, ssim_loss(fake, clean))
     if out["mask_logits"] is not None:

@@ -294,3 +294,28 @@ def test_prepare_dataset_never_replaces_a_data_set_it_did_not_build(tmp_path):
     got = common.prepare_dataset(str(data), max_photos=12, resolution=64, log=lines.append)
     assert got["images"]["read"] == 8000 and "never replaces" in lines[0]
     assert sorted(p.name for p in data.iterdir()) == ["dataset_info.json"]
+
+
+def test_error_sources_swaps_in_the_true_mask(quickstart_run, tmp_path_factory, faces_dir):
+    """The shipped-model and Telea rows are evaluate's own numbers; the true-mask fill is its own
+    method; a model without a mask head or at another resolution is refused in one line."""
+    from benchmarks import error_sources
+    from deocc_jax import errors
+    with open(quickstart_run["outputs"]["metrics"]) as f:
+        evaluated = json.load(f)
+    workdir, data = quickstart_run["outputs"]["workdir"], quickstart_run["outputs"]["dataset"]
+    got = error_sources.run(workdir, data, "test", None, 8, log=None)
+    assert list(got["methods"]) == ["model", error_sources.MODEL_FILL,
+                                    error_sources.TELEA_MODEL_MASK, "opencv_telea", "opencv_ns"]
+    assert got["categories"] == evaluated["categories"]
+    for name in ("model", "opencv_telea"):
+        for key in ("masked_psnr", "psnr", "masked_ssim"):
+            assert got["methods"][name]["overall"][key] == pytest.approx(
+                evaluated["methods"][name]["overall"][key], rel=1e-4), (name, key)
+    fill = got["methods"][error_sources.MODEL_FILL]["overall"]
+    assert fill["masked_psnr"] != got["methods"]["model"]["overall"]["masked_psnr"]
+    table = error_sources.markdown(got)
+    assert all(f"| {c} ({n}) |" in table for c, n in got["categories"].items())
+    other = pairs_fixture.tiny_dataset(tmp_path_factory, faces_dir, resolution=64)
+    with pytest.raises(errors.InvalidInputError, match="64 px, but .* works at 32 px"):
+        error_sources.run(workdir, str(other), "train", None, 8)

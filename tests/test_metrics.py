@@ -98,3 +98,28 @@ def test_losses_behave():
             losses.generator_adversarial_loss(fake, kind)), kind
     with pytest.raises(ValueError, match="unknown adversarial loss"):
         losses.discriminator_loss(real, fake, "wgan")
+
+
+def test_raw_fill_is_trained_over_the_whole_true_mask():
+    """The composite hides the fill where the predicted mask is off; raw_l1 does not."""
+    import ml_collections
+    clean = np.zeros((1, 8, 8, 3), np.float32)
+    occluded = np.ones_like(clean)                    # the occluder: +1 everywhere it sits
+    mask = np.zeros((1, 8, 8, 1), np.float32)
+    mask[:, :4] = 1.0                                  # true occluder: the top half
+    logits = np.full_like(mask, -20.0)                 # the mask head sees nothing
+    raw = occluded.copy()                              # a fill that copies the occluder
+    out = {"output": occluded, "raw": raw, "mask_logits": logits}
+    weights = ml_collections.ConfigDict(dict(
+        l1_weight=1.0, l1_occluded_weight=1.0, raw_l1_weight=0.0, ssim_weight=0.0,
+        mask_bce_weight=0.0, mask_dice_weight=0.0, adv_weight=0.0, adversarial="hinge",
+        feature_matching_weight=0.0))
+    _, terms = losses.generator_loss(weights, out, clean, mask)
+    assert "raw_l1" not in terms
+    weights.raw_l1_weight = 5.0
+    total, terms = losses.generator_loss(weights, out, clean, mask)
+    # 1.0 per channel in the 96 masked values, with eps = 1 in the denominator
+    assert float(terms["raw_l1"]) == pytest.approx(96 / 97, rel=1e-6)
+    assert float(total) == pytest.approx(float(terms["l1"]) + 5.0 * 96 / 97, rel=1e-6)
+    good = dict(out, raw=np.where(mask > 0, clean, raw))
+    assert float(losses.generator_loss(weights, good, clean, mask)[1]["raw_l1"]) == 0.0
