@@ -78,9 +78,15 @@ def render() -> str:
     speed = [("model stage per face, 2 CPU cores, ms (p50)", ("model_stage", "p50_ms"), 1),
              ("live pipeline on 640x480 video, frames/s", ("live", "fps_out"), 1),
              ("live latency capture → output, ms (p95)", ("live", "latency_ms_p95"), 0)]
+    # The speed/flicker run may predate the shipped weights: say so rather than mix them silently.
+    stale = {key: _get(inference, "models", key, "step")
+             for name, key in MODELS
+             if _get(inference, "models", key, "step") not in (
+                 None, _get(metrics[name], "checkpoints", "model", "step"))}
+    mark = "²" if stale else ""
     for label, keys, digits in speed:
         cells = [_fmt(_get(inference, "models", key, *keys), digits) for _, key in MODELS]
-        rows.append((label, cells + ["–"] * len(BASELINES)))
+        rows.append((label + mark, cells + ["–"] * len(BASELINES)))
 
     def flicker_cell(key: str) -> str:
         motion = _get(inference, "models", key, "flicker", "vs_per_frame", "stabilized", "by_motion")
@@ -88,7 +94,7 @@ def render() -> str:
             return "–"
         shares = [_get(motion, m, "flicker_reduction") for m in ("still", "slow", "moving")]
         return " / ".join("–" if v is None else f"{100 * v:.0f} %" for v in shares)
-    rows.append(("flicker removed by `--stabilize`, still / slow / moving face ↑",
+    rows.append(("flicker removed by `--stabilize`, still / slow / moving face ↑" + mark,
                  [flicker_cell(key) for _, key in MODELS] + ["–"] * len(BASELINES)))
     lines = ["| | " + " | ".join(f"`{c}`" if c.startswith("deocc") else c for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
@@ -96,6 +102,11 @@ def render() -> str:
     lines += ["", "¹ OpenCV's inpainting is given the true occluder mask; the models find it "
               "themselves. Identity and expression are averaged over the faces MediaPipe finds in "
               "every method's output."]
+    if stale:
+        steps = ", ".join(f"{k} at step {v:,}" for k, v in stale.items())
+        lines += ["", f"² `benchmarks/results/inference.json` measured earlier weights ({steps}) of "
+                  "the same architecture: speed does not depend on the weights; flicker was not "
+                  "measured again."]
     return "\n".join(lines)
 
 

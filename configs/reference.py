@@ -3,13 +3,14 @@
 `deocc.py`'s design (mask head + compositing, self-attention on the 8x8 and 4x4
 decoder maps, attention gates on the skips, instance norm, L1 x5 inside the
 occluded region + SSIM + mask BCE/Dice + feature matching, hinge GAN with a
-2-scale spectral-norm PatchGAN, EMA) sized for a CPU run that fits a working
+2-scale spectral-norm PatchGAN, EMA), plus an L1 on the raw fill over the whole
+true occluder (`loss.raw_l1_weight`; see losses.generator_loss), sized for a CPU run that fits a working
 session on 2 cores: base width 32, depth 6 (down to 2x2), 6.0 M generator
 parameters, batch 16, 800 steps (about 55 minutes on 2 cores). It won
 benchmarks/quality.py at 600 CPU-seconds per model, but at one session's budget
 (800 steps) it scored below configs/realtime.py trained for 1,500 steps (16.50
-vs 17.72 dB occluded-region PSNR on validation), so the small model ships
-(pretrained/deocc-realtime-128/MODEL_CARD.md); this one needs a longer run.
+vs 17.72 dB occluded-region PSNR on validation; 19.57 after 5,000), so the small
+model ships (pretrained/deocc-realtime-128/MODEL_CARD.md); this one needs a longer run.
 
 Variants (comma-separated, e.g. `configs/reference.py:noattn,runlocal`):
   noattn    ablation: no self-attention and no attention gates

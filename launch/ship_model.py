@@ -16,7 +16,8 @@ Writes, in pretrained/<name>/:
                                                      (no sample grids: their tiles are dataset
                                                      photos, which may not be redistributed)
   demo.png                                           before | after on a public-domain portrait
-The model card (MODEL_CARD.md) is written by hand from these numbers.
+The model card (MODEL_CARD.md) is written by hand from these numbers; shipping again over a
+folder keeps its card (whose numbers then need updating).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Evaluate on n test e
 _HELDOUT = flags.DEFINE_string("heldout_data_dir", None, "A dataset from a source the model never "
                                "saw (e.g. ../shared/data/faces); its test split is reported as "
                                "metrics_heldout.json.")
+
+
+CARD = "MODEL_CARD.md"
 
 
 def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "best",
@@ -80,12 +84,21 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
         side_by_side, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
     shutil.rmtree(os.path.join(tmp, "demo_output"))
     os.remove(demo)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_keeping_card(tmp, out, log)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     log(f"shipped {out}: {size / 2**20:.1f} MiB")
     return out
+
+
+def replace_keeping_card(new: str, out: str, log=print) -> None:
+    """Moves the folder `new` to `out`, replacing it but keeping its hand-written card."""
+    card = os.path.join(out, CARD)
+    if os.path.exists(card):
+        shutil.copy2(card, os.path.join(new, CARD))
+        log(f"kept {card} from the version replaced: update its numbers from metrics.md")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(new, out)
 
 
 def _relative_outputs(metrics_json: str) -> None:
