@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 from typing import Any
 
 import flax.serialization
@@ -35,6 +36,7 @@ PRETRAINED_FILE = "deocc_model.json"
 PRETRAINED_FORMAT = 1
 VARIABLES_FILE = "generator.msgpack"
 CONFIG_FILE = "config.json"
+CARD_FILE = "MODEL_CARD.md"  # written by hand from the folder's metrics
 CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
 
 
@@ -159,6 +161,17 @@ def save_pretrained(directory: str, config: ml_collections.ConfigDict, variables
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
     return meta
+
+
+def replace_keeping_card(new: str, out: str, log=print) -> None:
+    """Moves the pretrained folder `new` to `out`, replacing it but keeping its hand-written card."""
+    card = os.path.join(out, CARD_FILE)
+    if os.path.exists(card):
+        shutil.copy2(card, os.path.join(new, CARD_FILE))
+        log(f"kept {card} from the version replaced: update its numbers from metrics.md")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(new, out)
 
 
 def rounded_to(variables: dict, dtype: str) -> dict:

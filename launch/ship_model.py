@@ -47,9 +47,6 @@ _HELDOUT = flags.DEFINE_string("heldout_data_dir", None, "A dataset from a sourc
                                "metrics_heldout.json.")
 
 
-CARD = "MODEL_CARD.md"
-
-
 def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "best",
          pretrained_dir: str = predictors.PRETRAINED_DIR, occluders_dir: str | None = None,
          max_examples: int | None = None, heldout_data_dir: str | None = None, log=print) -> str:
@@ -84,21 +81,10 @@ def ship(workdir: str, name: str, data_dir: str, *, checkpoint: str | int = "bes
         side_by_side, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
     shutil.rmtree(os.path.join(tmp, "demo_output"))
     os.remove(demo)
-    replace_keeping_card(tmp, out, log)
+    loading.replace_keeping_card(tmp, out, log)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     log(f"shipped {out}: {size / 2**20:.1f} MiB")
     return out
-
-
-def replace_keeping_card(new: str, out: str, log=print) -> None:
-    """Moves the folder `new` to `out`, replacing it but keeping its hand-written card."""
-    card = os.path.join(out, CARD)
-    if os.path.exists(card):
-        shutil.copy2(card, os.path.join(new, CARD))
-        log(f"kept {card} from the version replaced: update its numbers from metrics.md")
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(new, out)
 
 
 def _relative_outputs(metrics_json: str) -> None:

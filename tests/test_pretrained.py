@@ -84,19 +84,18 @@ def test_its_config_fine_tunes_from_the_shipped_model():
 
 
 def test_shipping_again_keeps_the_hand_written_card(tmp_path):
-    from launch import ship_model
     out, new = tmp_path / "m", tmp_path / "m.partial"
     out.mkdir()
-    (out / ship_model.CARD).write_text("hand-written")
+    (out / loading.CARD_FILE).write_text("hand-written")
     (out / "generator.msgpack").write_text("old")
     new.mkdir()
     (new / "generator.msgpack").write_text("new")
     lines = []
-    ship_model.replace_keeping_card(str(new), str(out), lines.append)
-    assert (out / ship_model.CARD).read_text() == "hand-written"
+    loading.replace_keeping_card(str(new), str(out), lines.append)
+    assert (out / loading.CARD_FILE).read_text() == "hand-written"
     assert (out / "generator.msgpack").read_text() == "new" and not new.exists()
     assert "update its numbers" in lines[0]
     fresh = tmp_path / "fresh.partial"
     fresh.mkdir()
-    ship_model.replace_keeping_card(str(fresh), str(tmp_path / "fresh"), lines.append)
+    loading.replace_keeping_card(str(fresh), str(tmp_path / "fresh"), lines.append)
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == [] and len(lines) == 1
