@@ -101,19 +101,16 @@ def run(model_path: str, data_dir: str, split: str, max_examples: int | None,
     if not models.predicts_mask(model.config):
         raise errors.InvalidInputError(f"{model_path}: a guided model has no mask head to measure")
     info = features.read_dataset_info(data_dir)
-    if int(info["resolution"]) != model.config.resolution:
-        raise errors.InvalidInputError(
-            f"{data_dir}: {info['resolution']} px, but {model_path} works at "
-            f"{model.config.resolution} px")
+    eval_lib.check_resolution(model_path, model.config.resolution, int(info["resolution"]))
     num = min(input_pipeline.split_size(data_dir, split), max_examples or np.inf)
-    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-    batches = input_pipeline.make_eval_iterator(data_dir, split, batch_size, num_examples=num)
+    batches = input_pipeline.make_eval_iterator(
+        data_dir, split, eval_lib.eval_batch_size(batch_size, mesh), num_examples=num)
     found = eval_lib.Evaluator(mesh, log=log).run(batches, methods(model, mesh), total=num)
     cats = [str(c) for c in found.categories]
     return {
         "model": model_path, "step": model.step, "split": split, "num_examples": len(cats),
         "data": common.dataset_summary(info, data_dir),
-        "categories": dict(sorted({c: cats.count(c) for c in set(cats)}.items())),
+        "categories": eval_lib.category_counts(cats),
         "methods": {name: eval_lib.aggregate(per_image, cats)
                     for name, per_image in found.per_image.items()},
         "machine": common.machine_info(), "code": common.code_state(),

@@ -79,10 +79,9 @@ def render() -> str:
              ("live pipeline on 640x480 video, frames/s", ("live", "fps_out"), 1),
              ("live latency capture → output, ms (p95)", ("live", "latency_ms_p95"), 0)]
     # The speed/flicker run may predate the shipped weights: say so rather than mix them silently.
-    stale = {key: _get(inference, "models", key, "step")
-             for name, key in MODELS
-             if _get(inference, "models", key, "step") not in (
-                 None, _get(metrics[name], "checkpoints", "model", "step"))}
+    recorded = {key: _get(inference, "models", key, "step") for _, key in MODELS}
+    stale = {key: recorded[key] for name, key in MODELS
+             if recorded[key] not in (None, _get(metrics[name], "checkpoints", "model", "step"))}
     mark = "²" if stale else ""
     for label, keys, digits in speed:
         cells = [_fmt(_get(inference, "models", key, *keys), digits) for _, key in MODELS]

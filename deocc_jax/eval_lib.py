@@ -23,6 +23,7 @@ value; occluded-region metrics average over examples whose mask is non-empty.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -108,13 +109,30 @@ def host_model_method(name: str, predictor: predictors.Predictor) -> Method:
                   info={"path": getattr(predictor, "path", None), "format": type(predictor).__name__})
 
 
+def check_resolution(path: str | None, model_resolution: int, data_resolution: int) -> None:
+    """One line naming the model when it cannot run on the dataset's crops."""
+    if model_resolution != data_resolution:
+        raise errors.InvalidInputError(f"{path}: the model works at {model_resolution} px but "
+                                       f"the dataset is {data_resolution} px")
+
+
+def eval_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """A positive global batch, rounded up to a multiple of the device count."""
+    if batch_size <= 0:
+        raise errors.InvalidInputError(f"--batch_size={batch_size}: must be a positive number")
+    return -(-batch_size // mesh.devices.size) * mesh.devices.size
+
+
+def category_counts(categories: Sequence[str]) -> dict[str, int]:
+    """{category: number of examples}, sorted by name."""
+    return dict(sorted(collections.Counter(categories).items()))
+
+
 def open_method(name: str, path: str | None, checkpoint: str | int, mesh: Mesh,
                 resolution: int) -> Method:
     """A Method for any model path (`predictors.open_predictor`), checked against the data."""
     predictor = predictors.open_predictor(path, checkpoint)
-    if predictor.resolution != resolution:
-        raise errors.InvalidInputError(
-            f"{path}: the model works at {predictor.resolution} px but the dataset is {resolution} px")
+    check_resolution(path, predictor.resolution, resolution)
     if isinstance(predictor, predictors.JaxPredictor):
         m = predictor.model
         return jax_model_method(
@@ -426,12 +444,10 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
       The dict written to `output`.
     """
     mesh = sharding.make_mesh()
-    if batch_size <= 0:
-        raise errors.InvalidInputError(f"--batch_size={batch_size}: must be a positive number")
+    batch_size = eval_batch_size(batch_size, mesh)
     if grid_rows_per_kind < 0:
         raise errors.InvalidInputError(f"--grid_rows={grid_rows_per_kind}: must be 0 (no grid) "
                                        "or more")
-    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     info = features.read_dataset_info(data_dir)
     resolution = int(info["resolution"])
     num_examples = input_pipeline.split_size(data_dir, split)
@@ -475,18 +491,9 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
     grid_idx = (pick_examples(per_image[first]["masked_psnr"], grid_rows_per_kind)
                 if grid_rows_per_kind > 0 else [])
     chosen = [int(result.indices[i]) for _, i in grid_idx]
-    examples = input_pipeline.read_examples(data_dir, split, chosen) if chosen else []
-    local = {k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS} if chosen else {}
-    grid_outputs = {}
-    if chosen and jax.process_count() == 1:
-        padded = {k: np.concatenate([v, np.repeat(v[:1], -len(v) % mesh.devices.size, 0)])
-                  for k, v in local.items()}
-        batch = sharding.put_batch(mesh, padded)
-        for m in methods:
-            out = m.fn(batch, padded)
-            grid_outputs[m.name] = np.asarray(jax.device_get(out["deoccluded"]))[:len(chosen)]
+    examples, local, grid_outputs = _grid_inputs(data_dir, split, chosen, methods, mesh)
 
-    categories = dict(sorted({c: cats.count(c) for c in set(cats)}.items()))
+    categories = category_counts(cats)
     face_selection = unavailable = None
     if face_metrics is not None:
         face_selection = fm_lib.found_in_all(per_image[m.name] for m in methods)
@@ -525,6 +532,24 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
         with open(output, "w") as f:
             json.dump(_json_safe(out_json), f, indent=2)
     return out_json
+
+
+def _grid_inputs(data_dir: str, split: str, chosen: list[int], methods: Sequence[Method],
+                 mesh: Mesh) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The chosen examples, their images, and every method's outputs on them (single process)."""
+    if not chosen:
+        return [], {}, {}
+    examples = input_pipeline.read_examples(data_dir, split, chosen)
+    local = {k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS}
+    outputs = {}
+    if jax.process_count() == 1:
+        padded = {k: np.concatenate([v, np.repeat(v[:1], -len(v) % mesh.devices.size, 0)])
+                  for k, v in local.items()}
+        batch = sharding.put_batch(mesh, padded)
+        for m in methods:
+            out = m.fn(batch, padded)
+            outputs[m.name] = np.asarray(jax.device_get(out["deoccluded"]))[:len(chosen)]
+    return examples, local, outputs
 
 
 def _write_grid(path, methods, first, grid_idx, local, grid_outputs, result, cats, per_image):

@@ -317,5 +317,5 @@ def test_error_sources_swaps_in_the_true_mask(quickstart_run, tmp_path_factory, 
     table = error_sources.markdown(got)
     assert all(f"| {c} ({n}) |" in table for c, n in got["categories"].items())
     other = pairs_fixture.tiny_dataset(tmp_path_factory, faces_dir, resolution=64)
-    with pytest.raises(errors.InvalidInputError, match="64 px, but .* works at 32 px"):
+    with pytest.raises(errors.InvalidInputError, match="works at 32 px but the dataset is 64 px"):
         error_sources.run(workdir, str(other), "train", None, 8)
