@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import subprocess
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("DEOCC_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
@@ -36,15 +36,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def define_data_flags() -> None:
-    """The flags of the benchmarks that prepare (or reuse) their data set with data_prep."""
+class DataFlags(NamedTuple):
+    """The holders of the data set flags (`define_data_flags`)."""
+    data_dir: Any
+    photos: Any
+    max_photos: Any
+    occluders_dir: Any
+
+
+def define_data_flags() -> DataFlags:
+    """The flags of the benchmarks that prepare (or reuse) their data set with data_prep.
+
+    Called once, at the top of a binary module (never by a library: flags are global).
+    """
     from absl import flags
-    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR,
-                        "Prepared data set; built from --photos when missing.")
-    flags.DEFINE_string("photos", DEFAULT_PHOTOS, "Face photos to prepare from.")
-    flags.DEFINE_integer("max_photos", 120, "Photos used when preparing the data.")
-    flags.DEFINE_string("occluders_dir", DEFAULT_OCCLUDERS,
-                        "Occluder folder for data prep ('' = procedural only).")
+    return DataFlags(
+        flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR,
+                            "Prepared data set; built from --photos when missing."),
+        flags.DEFINE_string("photos", DEFAULT_PHOTOS, "Face photos to prepare from."),
+        flags.DEFINE_integer("max_photos", 120, "Photos used when preparing the data."),
+        flags.DEFINE_string("occluders_dir", DEFAULT_OCCLUDERS,
+                            "Occluder folder for data prep ('' = procedural only)."))
 
 
 def machine_info() -> dict[str, Any]:

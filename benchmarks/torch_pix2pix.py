@@ -13,12 +13,8 @@ sets of batch statistics), D backward/update; then D forward on the fake with th
 *updated* D (D params frozen), G backward of GAN + 100 * L1, G update.
 
 Importing this module needs torch (`requirements-bench.txt`); nothing in the project
-imports it. `benchmarks/train_step.py` times it against the JAX step; run on its own,
-
-  python -m benchmarks.torch_pix2pix --resolution=128 --steps=2
-
-prints the parameter counts (to compare with the reference's printout) and the losses of a
-few steps on a seeded random batch.
+imports it. `python -m benchmarks.train_step` times it against the JAX step and prints its
+parameter counts.
 """
 
 from __future__ import annotations
@@ -188,35 +184,3 @@ class Pix2PixTorch:
         self.opt_g.step()
         return {"loss_d": loss_d.detach(), "loss_g_gan": loss_g_gan.detach(),
                 "loss_g_l1": loss_g_l1.detach()}
-
-
-def main(argv) -> None:
-    del argv
-    import time
-
-    from absl import flags
-
-    F = flags.FLAGS
-    torch.set_num_threads(F.threads or torch.get_num_threads())
-    model = Pix2PixTorch(resolution=F.resolution)
-    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    print(f"pix2pix reference at {F.resolution} px: G {count(model.net_g):,} params "
-          f"(unet with {num_downs_for(F.resolution)} downsamplings), D {count(model.net_d):,}")
-    gen = torch.Generator().manual_seed(0)
-    shape = (F.batch_size, 3, F.resolution, F.resolution)
-    real_a, real_b = (torch.rand(shape, generator=gen) * 2 - 1 for _ in range(2))
-    for step in range(F.steps):
-        t0 = time.perf_counter()
-        losses = model.train_step(real_a, real_b)
-        print(f"step {step + 1}: " + " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
-              + f" ({time.perf_counter() - t0:.2f} s, {torch.get_num_threads()} threads)")
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_integer("resolution", 256, "Image size (a power of two >= 64).")
-    flags.DEFINE_integer("batch_size", 1, "Images per step.")
-    flags.DEFINE_integer("steps", 0, "Training steps to run on a seeded random batch.")
-    flags.DEFINE_integer("threads", 0, "torch threads (0: torch's default).")
-    app.run(main)

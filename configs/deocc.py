@@ -1,4 +1,5 @@
-"""Our best model: blind de-occlusion with a mask head, attention and compositing.
+"""The full-size design the other recipes derive from: blind de-occlusion with a mask head,
+attention and compositing (the shipped recipe is `configs/realtime.py`).
 
 The generator predicts the occlusion mask and RGB; the output keeps the input
 outside the predicted mask. Self-attention on the low-resolution decoder

@@ -58,6 +58,10 @@ class OutputLockedError(errors.OutputExistsError):
     """Another build is writing the same output folder."""
 
 
+class EmptyDatasetError(errors.InvalidInputError):
+    """The inputs gave no record, or none in the train split (nothing could train on it)."""
+
+
 def _flag_value(args: Sequence[str], name: str) -> str | None:
     """Value of --name=value or --name value in a Beam argument list, else None."""
     for i, a in enumerate(args):
@@ -354,6 +358,7 @@ def build_dataset(input: str | Sequence[str], output_dir: str,  # noqa: A002 - t
         try:
             info = _run(found, skipped, tmp, c, num_shards, library, tfds_spec, input_info,
                         pipeline_args, inputs, output_dir)
+            check_not_empty(info, c, inputs)
             if not remote:
                 os.remove(os.path.join(tmp, features.BUILDING_MARKER))
                 _check_written(tmp, info)
@@ -367,11 +372,33 @@ def build_dataset(input: str | Sequence[str], output_dir: str,  # noqa: A002 - t
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-    if info["num_records"] == 0:
-        logging.warning("data_prep: no pairs were written: every input was rejected (%s); see %s",
-                        {k: v for k, v in info["rejected"].items() if v},
-                        os.path.join(output_dir, "rejected.tsv"))
     return info
+
+
+def check_not_empty(info: dict, c: PrepConfig, inputs: Sequence[str]) -> None:
+    """Refuses a dataset nothing can train on: no record at all, or an empty train split.
+
+    A train split that was asked for (a non-zero fraction) but got no record
+    means every photo of the train people was rejected; a dataset without
+    a "train" split (e.g. --splits=test=1) is a choice and passes.
+
+    Raises:
+      EmptyDatasetError: one line with the counts by rejection reason.
+    """
+    reasons = ", ".join(f"{k} {v}" for k, v in info["rejected"].items() if v) or "none"
+    read = info["images"]["read"]
+    where = ",".join(inputs)
+    if info["num_records"] == 0:
+        raise EmptyDatasetError(
+            f"--input {where}: no pair was made from the {read} entries read (rejected: {reasons}); "
+            "no dataset was written")
+    wanted = dict(c.splits).get("train", 0.0) > 0
+    if wanted and info["splits"].get("train", {}).get("num_records", 0) == 0:
+        got = {k: v["num_records"] for k, v in info["splits"].items()}
+        raise EmptyDatasetError(
+            f"--input {where}: the train split got no record ({got}; rejected: {reasons}): every "
+            "photo of the people hashed to train was rejected; add photos or change --splits. "
+            "No dataset was written")
 
 
 def _run(found, skipped, out, c, num_shards, library, tfds_spec, input_info, pipeline_args, inputs,

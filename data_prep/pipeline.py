@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ import cv2
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from PIL import Image
 
 from data_prep import occluders, sources, synth
 from data_prep.config import PrepConfig
@@ -376,6 +378,21 @@ class ProgressLog:
                          self.n, self.unit, self.n / max(now - self._t0, 1e-6), self.rejected)
 
 
+def animation_frames(data: bytes) -> int:
+    """Frames of an animated image (GIF, APNG, WebP, multi-page TIFF); 1 for a still one.
+
+    Only the header and a second frame's presence are read (`is_animated`),
+    and only for formats that can animate.
+    """
+    if not data.startswith((b"GIF8", b"\x89PNG", b"RIFF", b"II*\x00", b"MM\x00*")):
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(getattr(im, "n_frames", 1)) if getattr(im, "is_animated", False) else 1
+    except Exception:  # noqa: BLE001 - decode_image has already judged the file readable
+        return 1
+
+
 class AlignFacesFn(beam.DoFn):
     """Decode -> landmarks -> checks -> aligned, padded crop, for one photo (or pair).
 
@@ -390,6 +407,7 @@ class AlignFacesFn(beam.DoFn):
         self.config = config
         self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._faces_counter = Metrics.counter(METRICS_NAMESPACE, "faces_accepted")
+        self._animated = Metrics.counter(METRICS_NAMESPACE, "animations_first_frame_used")
         self._rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"rejected_{r}") for r in REJECT_REASONS}
         self._timers = {k: Metrics.distribution(METRICS_NAMESPACE, f"ms_{k}")
                         for k in ("decode", "landmarks", "align")}
@@ -429,7 +447,13 @@ class AlignFacesFn(beam.DoFn):
                 data = f.read()
         except Exception as e:  # noqa: BLE001 - permissions, vanished file, ...
             raise images.DecodeError(images.UNREADABLE, f"cannot read file: {type(e).__name__}: {e}") from None
-        return images.decode_image(data, self.config.max_pixels)
+        image = images.decode_image(data, self.config.max_pixels)
+        frames = animation_frames(data)
+        if frames > 1:
+            self._animated.inc()
+            logging.warning("data_prep: %s is an animation of %d frames: only its first frame is "
+                            "used", sources.printable(locator), frames)
+        return image
 
     def process(self, element):
         source, payload = element if isinstance(element, tuple) else (element, None)
@@ -456,13 +480,13 @@ class AlignFacesFn(beam.DoFn):
 
     def _faces(self, source: Source, image: np.ndarray, partner: np.ndarray | None, t: float):
         c = self.config
-        if partner is not None and partner.shape != image.shape:
+        if partner is not None and partner.shape[:2] != image.shape[:2]:
+            # A rescaled copy is not pixel-aligned with its original (resampling, crops
+            # of a pixel): its mask would be the rescaling, not the occluder.
             (h, w), (ph, pw) = image.shape[:2], partner.shape[:2]
-            if abs(w / h - pw / ph) > 0.01:
-                yield self._reject(source, PAIR_MISMATCH, f"occluded photo is {pw}x{ph} but its clean "
-                                   f"original {source.clean_id} is {w}x{h}")
-                return
-            partner = cv2.resize(partner, (w, h), interpolation=cv2.INTER_AREA)
+            yield self._reject(source, PAIR_MISMATCH, f"occluded photo is {pw}x{ph} but its clean "
+                               f"original {source.clean_id} is {w}x{h}; a pair must be the same size")
+            return
         faces = self.analyzer.detect(image)
         t = self._tick("landmarks", t)
         if not faces:

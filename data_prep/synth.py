@@ -80,6 +80,10 @@ class SynthConfig:
         draw below it (e.g. a hat pushed off the crop) is redrawn.
       jpeg_prob: probability of one JPEG round trip shared by clean and occluded.
       jpeg_quality: (lowest, highest) quality of that round trip.
+      mask_style_prob: probability that a face mask (image or procedural) is
+        printed and/or recoloured as people wear them (`occ.draw_mask_style`:
+        dots, stripes, checks, camouflage, text; dark or saturated cloth);
+        0 draws nothing, so pairs are those of a build without styles.
     """
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     image_share: float = 0.7
@@ -87,6 +91,7 @@ class SynthConfig:
     min_coverage: float = 0.01
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (50, 95)
+    mask_style_prob: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +104,12 @@ class Synthesis:
     occluder: str         # image relpath or "procedural:<category>"
     clean: np.ndarray | None = None     # uint8 [H, W, 3]
     jpeg_quality: int | None = None
+    style: str | None = None            # `occ.MaskStyle.kind` of a restyled face mask
+
+    @property
+    def kind(self) -> str:
+        """What a report counts: the category, and a face mask's print/colouring when styled."""
+        return f"{self.category}:{self.style}" if self.style else self.category
 
 
 def variant_rng(seed: int, source_id: str, variant: int) -> np.random.Generator:
@@ -446,6 +457,12 @@ def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         # Off-crop or misplaced every time: shapes on the face never are.
         category = occ.PROCEDURAL
         layer, name = occ.procedural_shapes(geo, rng), "procedural:procedural"
+    style = None
+    if category == "face_mask" and config.mask_style_prob > 0 \
+            and rng.random() < config.mask_style_prob:
+        drawn = occ.draw_mask_style(rng)
+        layer = occ.restyle_mask(layer, geo, rng, drawn)
+        style = drawn.kind
     layer = finish_layer(layer, stats, rng)
     shadow = soft_shadow(layer[1], stats, geo, rng) if rng.random() < config.shadow_prob else None
     occluded, alpha, mask = composite(clean, layer, shadow)
@@ -454,4 +471,4 @@ def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
         clean, occluded, alpha, mask = jpeg_round_trip(clean, occluded, alpha, quality)
     return Synthesis(occluded=occluded, alpha=alpha, mask=mask, category=category, occluder=name,
-                     clean=clean, jpeg_quality=quality)
+                     clean=clean, jpeg_quality=quality, style=style)

@@ -22,6 +22,8 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from deocc_jax import errors
+
 ENV_ASSETS_DIR = "DEOCC_ASSETS_DIR"
 
 
@@ -48,12 +50,20 @@ MODELS: dict[str, ModelAsset] = {
             "blaze_face_short_range/float16/1/blaze_face_short_range.tflite",
             "b4578f35940bf5a1a655214a1cce5cab13eba73c1297cd78e1a04c2380b0152f",
             229_746),
+        # Not a Tasks release: the legacy Solutions model, from MediaPipe's repository at a fixed commit.
+        ModelAsset(
+            "face_detection_full_range.tflite",
+            "https://raw.githubusercontent.com/google-ai-edge/mediapipe/"
+            "63e679d99ca45b30514a9d84c9351a2d77bb9ba0/mediapipe/modules/face_detection/"
+            "face_detection_full_range.tflite",
+            "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+            1_083_984),
     )
 }
 
 
-class AssetError(FileNotFoundError):
-    """A model file could not be found nor downloaded."""
+class AssetError(errors.UserError, FileNotFoundError):
+    """A model file could not be found nor downloaded (one line saying where to put it)."""
 
 
 def cache_dir() -> str:
@@ -94,7 +104,7 @@ def resolve_model(name: str, flag_path: str | None = None, *, download: bool = T
     """Path of a MediaPipe model file, downloading it into the cache if needed.
 
     Args:
-      name: "face_landmarker.task" or "blaze_face_short_range.tflite".
+      name: a key of `MODELS`.
       flag_path: an explicit path (from a flag). If given it must exist: a typo
         is an error, never silently replaced by another copy.
       download: whether step 4 (download) may run.

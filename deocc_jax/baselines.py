@@ -7,6 +7,11 @@ host (OpenCV), one image at a time, so they need no accelerator.
 - `occluded_input`: returns the input unchanged; what doing nothing scores.
 - `opencv_telea`: OpenCV's fast-marching inpainting (Telea 2004) in the mask.
 - `opencv_ns`: OpenCV's Navier-Stokes inpainting (Bertalmio et al. 2001).
+
+The evaluator scores them with the models' realism metrics (detail ratio,
+remnants, identity against doing nothing); harm on clean faces is measured for
+models only: given the true, empty, mask of a clean face, a baseline changes
+nothing by construction.
 """
 
 from __future__ import annotations

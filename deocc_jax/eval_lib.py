@@ -5,9 +5,13 @@ binary (`evaluate`) both run `Evaluator.run`: batches from the grain eval
 iterator are laid out over the device mesh, every method restores them, and
 the per-image metrics of `deocc_jax.metrics.image_metrics` (whole image and
 inside the true occluder mask, plus predicted-mask IoU for models with a mask
-head) are computed jitted on the sharded batch; face-aware metrics
-(`deocc_jax.face_metrics`: expression, landmarks, identity) run on the host
-where enabled. Per-image values are then averaged overall and per occluder
+head) are computed jitted on the sharded batch, with the realism inputs of
+`metrics.realism_metrics` (detail inside the eroded mask, occluder remnants);
+models are also run on the clean faces themselves (`metrics.harm_metrics`:
+what they change where there is nothing to remove); face-aware metrics
+(`deocc_jax.face_metrics`: expression, landmarks, identity, and how often a
+restoration is closer to the clean face than the occluded input) run on the
+host where enabled. Per-image values are then pooled overall and per occluder
 category.
 
 Methods compared on the same examples:
@@ -58,7 +62,33 @@ METRIC_NOTES = {
     "mask_iou": "IoU of predicted mask > 0.5 with the true mask (blind models with a mask head only)",
     "face metrics": "expression_error, landmark_nme, identity_distance: lower is better; means "
                     "over the examples where every method's face was found (the *_found counts)",
+    "detail_ratio": "sum over the set of mean |Laplacian| of the grey output inside the true mask "
+                    f"eroded by {metrics.DETAIL_ERODE_PX} px, over the same sum for the clean "
+                    "face (a ratio of sums, not a mean of ratios): 1 = as much fine structure as "
+                    "the real face, a blur is near 0, noise exceeds 1; read it beside PSNR",
+    "identity_closer_than_input": "share of faces whose identity distance is below the "
+                                  "occluded input's on the same face (faces found for every method)",
+    "harm_*": "the method run on the clean faces themselves: harm_changed = mean share of face "
+              "pixels (a template ellipse) whose grey level moved by more than "
+              f"{round(metrics.HARM_LEVEL * 255)} levels; harm_ok_share = share of faces with at "
+              f"most {metrics.HARM_OK_SHARE:.0%} changed; harm_mask_area = mean share of the crop "
+              "the predicted mask (> 0.5) covers; models only",
+    "remnants": "share of true-mask pixels (where the occluder differs from the face by more than "
+                f"{round(metrics.REMNANT_MIN_CONTRAST * 255)} RGB levels) whose restored colour "
+                "is closer to the occluder than to the clean face, pooled over pixels; "
+                "remnants_dark: the same over occluders whose mean grey level is below "
+                f"{round(metrics.DARK_OCCLUDER_LUMA * 255)} (count_dark of them; the records "
+                "do not say which occluders are patterned)",
 }
+REALISM_KEYS = ("detail_ratio", "remnants", "remnants_dark", fm_lib.IDENTITY,
+                "identity_closer_than_input", "harm_changed", "harm_ok_share", "harm_mask_area")
+REALISM_LABELS = {
+    "detail_ratio": "detail ratio", "remnants": "remnants", "remnants_dark": "remnants, dark",
+    fm_lib.IDENTITY: "identity dist.", "identity_closer_than_input": "closer than input",
+    "harm_changed": "harm: face changed", "harm_ok_share": "harm: faces <= 1 %",
+    "harm_mask_area": "harm: mask area",
+}
+DOING_NOTHING = "occluded_input"
 MODEL = "model"
 COMPARE_PREFIX = "compare:"
 IMAGE_KEYS = ("occluded", "clean", "mask")
@@ -81,6 +111,9 @@ class Method:
     fn: Callable[[dict, dict], dict]
     predicts_mask: bool = False
     info: dict = dataclasses.field(default_factory=dict)
+    # Also run on the clean faces, to measure the harm done where there is
+    # nothing to remove (models; the baselines are told the true, empty, mask).
+    harm: bool = False
 
 
 def jax_model_method(name: str, config: ml_collections.ConfigDict, variables: Any, mesh: Mesh, *,
@@ -96,7 +129,7 @@ def jax_model_method(name: str, config: ml_collections.ConfigDict, variables: An
         return predict(variables, batch["occluded"], batch["mask"] if guided else None)
 
     return Method(name, description, fn, predicts_mask=models.predicts_mask(config),
-                  info=dict(info or {}))
+                  info=dict(info or {}), harm=True)
 
 
 def host_model_method(name: str, predictor: predictors.Predictor) -> Method:
@@ -106,7 +139,8 @@ def host_model_method(name: str, predictor: predictors.Predictor) -> Method:
         return predictor(local["occluded"], local["mask"] if predictor.guided else None)
 
     return Method(name, predictor.description, fn, predicts_mask=not predictor.guided,
-                  info={"path": getattr(predictor, "path", None), "format": type(predictor).__name__})
+                  info={"path": getattr(predictor, "path", None), "format": type(predictor).__name__},
+                  harm=True)
 
 
 def check_resolution(path: str | None, model_resolution: int, data_resolution: int) -> None:
@@ -164,9 +198,23 @@ class EvalResult:
 
 
 @functools.partial(jax.jit, static_argnames=("with_mask",))
-def _image_metrics(pred, clean, mask, pred_mask, with_mask: bool):
-    return metrics.image_metrics(models.mask_to_unit(pred), models.mask_to_unit(clean),
-                                 models.mask_to_unit(mask), pred_mask if with_mask else None)
+def _image_metrics(pred, clean, occluded, mask, pred_mask, with_mask: bool):
+    pred, clean, occluded, mask = (models.mask_to_unit(x) for x in (pred, clean, occluded, mask))
+    out = metrics.image_metrics(pred, clean, mask, pred_mask if with_mask else None)
+    out.update(metrics.realism_metrics(pred, clean, occluded, mask))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("with_mask",))
+def _harm_metrics(pred, clean, pred_mask, with_mask: bool):
+    return metrics.harm_metrics(models.mask_to_unit(pred), models.mask_to_unit(clean),
+                                pred_mask if with_mask else None)
+
+
+def clean_inputs(local: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch whose faces have nothing over them: the clean faces as input, empty masks."""
+    return {"occluded": local["clean"], "clean": local["clean"],
+            "mask": np.zeros_like(local["mask"])}
 
 
 class Evaluator:
@@ -213,11 +261,20 @@ class Evaluator:
             if self.face_metrics is not None:
                 reference = self.face_metrics.reference(local["clean"], local["mask"])
             outs = {}
+            clean_local = clean_batch = None
             for m in methods:
                 out = outs[m.name] = self._as_global(m.fn(batch, local))
                 per_image = sharding.to_host(_image_metrics(
-                    out["deoccluded"], batch["clean"], batch["mask"], out.get("mask"),
-                    with_mask=m.predicts_mask))
+                    out["deoccluded"], batch["clean"], batch["occluded"], batch["mask"],
+                    out.get("mask"), with_mask=m.predicts_mask))
+                if m.harm:
+                    if clean_local is None:
+                        clean_local = clean_inputs(local)
+                        clean_batch = sharding.put_batch(self.mesh, clean_local)
+                    on_clean = self._as_global(m.fn(clean_batch, clean_local))
+                    per_image.update(sharding.to_host(_harm_metrics(
+                        on_clean["deoccluded"], batch["clean"], on_clean.get("mask"),
+                        with_mask=m.predicts_mask)))
                 if reference is not None:
                     restored = sharding.local_rows(out["deoccluded"])
                     per_image.update(sharding.gather_rows(
@@ -271,8 +328,8 @@ def validate(mesh: Mesh, config: ml_collections.ConfigDict, variables: Any, *,
         return {}, None
     overall = aggregate(result.per_image[MODEL], result.categories)["overall"]
     values = {f"val_{k}": float(v) for k, v in overall.items()
-              if k not in ("count", "count_masked") and isinstance(v, (int, float))
-              and np.isfinite(v)}
+              if k not in ("count", "count_masked", "count_dark", "identity_closer_count")
+              and isinstance(v, (int, float)) and np.isfinite(v)}
     grid = None
     s = result.samples
     if config.num_sample_images > 0 and len(s.get("clean", ())):
@@ -294,17 +351,24 @@ def training_grid(occluded: np.ndarray, pred_mask: np.ndarray, output: np.ndarra
 
 def aggregate(per_image: Mapping[str, np.ndarray], categories: Sequence[str],
               face_selection: np.ndarray | None = None,
-              unavailable: Mapping[str, str] | None = None) -> dict[str, Any]:
+              unavailable: Mapping[str, str] | None = None,
+              doing_nothing: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """{"overall": {...}, "per_category": {cat: {...}}} with counts.
 
     Whole-image metrics average over all examples, masked ones over examples
     with a non-empty mask (`metrics.MetricAccumulator`'s rule). Face metrics,
     when present, average over `face_selection` (the examples where every
     compared method's face was found, so no method gains by losing its worst
-    faces) with found/missing counts (`face_metrics.aggregate`).
+    faces) with found/missing counts (`face_metrics.aggregate`). Realism
+    (detail ratio, remnants, harm) is pooled by `metrics.realism_summary`;
+    with `doing_nothing` (the occluded input's per-image values) and identity,
+    "identity_closer_than_input" is the share of faces restored closer to the
+    clean face than the input was (`face_metrics.closer_share`).
     """
     cats = np.asarray(categories)
     pixel = {k: v for k, v in per_image.items() if k in PIXEL_KEYS or k == "has_mask"}
+    realism = {k: v for k, v in per_image.items()
+               if k in metrics.REALISM_INPUTS + metrics.HARM_KEYS}
     has_face = "face_found" in per_image
     if has_face and face_selection is None:
         face_selection = np.ones(len(cats), bool)
@@ -319,6 +383,14 @@ def aggregate(per_image: Mapping[str, np.ndarray], categories: Sequence[str],
                                            unavailable=unavailable)
             out.update({k: v for k, v in faces.items() if k != "count"})
             out["count_faces"] = faces["count"]
+            if (doing_nothing is not None and fm_lib.IDENTITY in per_image
+                    and fm_lib.IDENTITY in doing_nothing):
+                share, n = fm_lib.closer_share(per_image[fm_lib.IDENTITY],
+                                               doing_nothing[fm_lib.IDENTITY], sel & face_selection)
+                out["identity_closer_than_input"] = share
+                out["identity_closer_count"] = n
+        if realism:
+            out.update(metrics.realism_summary(realism, sel))
         return out
 
     return {"overall": summary(np.ones(len(cats), bool)),
@@ -358,12 +430,39 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             row = [_fmt(key, m["per_category"][c].get(key)) for m in methods.values()]
             lines.append(f"| {c} ({n}) | " + " | ".join(row) + " |")
         lines.append("")
+    lines += realism_table(methods)
     lines.append("Higher is better except MSE and the face metrics (expression, landmark NME, "
                  "identity). " + METRIC_NOTES["aggregation"] + "; " + METRIC_NOTES["masked_*"] + "; "
                  + METRIC_NOTES["scale"] + ".")
     if result.get("face_metrics"):
         lines += ["", result["face_metrics"]]
     return "\n".join(lines) + "\n"
+
+
+def realism_table(methods: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: detail, remnants, identity against doing nothing and harm, one row a method."""
+    keys = [k for k in REALISM_KEYS if any(m["overall"].get(k) is not None for m in methods.values())]
+    if not keys:
+        return []
+
+    def cell(m, k):
+        v = m["overall"].get(k)
+        if v is None:
+            return "–"
+        if k in ("remnants", "remnants_dark", "identity_closer_than_input", "harm_changed",
+                 "harm_ok_share", "harm_mask_area"):
+            return f"{100 * v:.1f} %"
+        return f"{v:.3f}"
+
+    dark = max((m["overall"].get("count_dark", 0) for m in methods.values()), default=0)
+    lines = [f"**Realism** (detail ratio: 1 = the real face's fine structure, blur near 0; "
+             f"remnants, dark: {dark} dark occluders; closer than input: faces whose identity "
+             "distance beats doing nothing; harm: run on the clean faces)", "",
+             "| method | " + " | ".join(REALISM_LABELS[k] for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for name, m in methods.items():
+        lines.append(f"| {name} | " + " | ".join(cell(m, k) for k in keys) + " |")
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------- sample grid
@@ -511,7 +610,9 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
         "checkpoints": {m.name: m.info for m in methods if m.info},
         "metric_notes": METRIC_NOTES,
         "methods": {m.name: {"description": m.description,
-                             **aggregate(per_image[m.name], cats, face_selection, unavailable)}
+                             **aggregate(per_image[m.name], cats, face_selection, unavailable,
+                                         doing_nothing=(per_image.get(DOING_NOTHING)
+                                                        if m.name != DOING_NOTHING else None))}
                     for m in methods},
         "face_metrics": face_metrics.describe() if face_metrics is not None else None,
         "outputs": {"metrics": os.path.abspath(output), "markdown": os.path.abspath(md_path),

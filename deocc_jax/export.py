@@ -13,13 +13,26 @@ aligned face photos (batch sizes 1 and 3): float32 exports within
 `exporters.check.TOLERANCE` (1 grey level); quantised LiteRT variants record
 their measured difference and their masked-PSNR change on --data_dir's test
 split in their metadata.
+
+Existing exports are replaced only with --overwrite; an --output_dir that is a
+file or cannot be written is refused before the model loads. SIGINT and
+SIGTERM stop between exports (the ones published stay; the one being built
+leaves nothing) and exit 130 or 143.
 """
 
 import os
 
 from absl import flags
 
-from deocc_jax import errors, export_lib, infer_lib, loading
+from deocc_jax import errors
+
+# As in `infer`: SIGINT/SIGTERM are taken before the heavy imports below, so that a
+# signal while they load stops the export at its first safe point.
+_STOP = errors.StopSignals()
+if __name__ == "__main__":
+    _STOP.install()
+
+from deocc_jax import export_lib, infer_lib, loading  # noqa: E402  (after the handlers, on purpose)
 
 _MODEL = flags.DEFINE_string("model", None, "Training workdir or pretrained folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Same as --model (a training workdir).")
@@ -48,11 +61,13 @@ def main(argv):
     if not model or (_MODEL.value and _WORKDIR.value):
         raise errors.InvalidInputError("give exactly one of --model or --workdir")
     images = [p for spec in _CHECK_IMAGES.value for p in infer_lib.collect_images(spec)] or None
-    meta = export_lib.export_model(
-        model, _OUTPUT.value, checkpoint=loading.parse_checkpoint(_CHECKPOINT.value),
-        check_images=images, overwrite=_OVERWRITE.value, landmarker_model=_LANDMARKER.value,
-        platforms=tuple(_PLATFORMS.value), param_dtype=_PARAM_DTYPE.value,
-        formats=tuple(_FORMAT.value), quantize=tuple(_QUANTIZE.value), data_dir=_DATA_DIR.value)
+    with _STOP as stop:
+        meta = export_lib.export_model(
+            model, _OUTPUT.value, checkpoint=loading.parse_checkpoint(_CHECKPOINT.value),
+            check_images=images, overwrite=_OVERWRITE.value, landmarker_model=_LANDMARKER.value,
+            platforms=tuple(_PLATFORMS.value), param_dtype=_PARAM_DTYPE.value,
+            formats=tuple(_FORMAT.value), quantize=tuple(_QUANTIZE.value), data_dir=_DATA_DIR.value,
+            stop=stop)
     for name, export in meta["exports"].items():
         print(f"exported {name}: {os.path.abspath(export['path'])}")
     if "saved_model" in meta["exports"]:

@@ -61,7 +61,7 @@ def _publish_checked(target: str, build: Callable[[str], str], check: Callable[[
         to `target + ".failed_check"` and `target` is untouched.
     """
     if os.path.lexists(target) and not overwrite:
-        raise errors.OutputExistsError(f"{target}: exists; pass --overwrite to replace it")
+        raise errors.OutputExistsError(atomic.exists_message(target))
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     atomic.remove_stale_partials(parent)  # staging folders of exports that were killed
@@ -113,6 +113,7 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
                  check_images: list[str] | None = None, overwrite: bool = False,
                  landmarker_model: str | None = None,
                  platforms: tuple[str, ...] = ("cpu", "cuda"), param_dtype: str = "float32",
+                 stop: errors.StopSignals | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Exports a model in each of `formats`, checking every export against JAX first.
 
@@ -133,6 +134,9 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
       param_dtype: "float32", or "float16" to store the SavedModel's parameters at half
         the size (cast to float32 inside the graph; every check compares with JAX
         running the same rounded parameters).
+      stop: a SIGINT/SIGTERM request (`errors.StopSignals`), checked between
+        exports and once an export is built, never inside a conversion: the
+        exports published so far stay, the unfinished one leaves nothing.
       log: progress output.
 
     Returns:
@@ -140,6 +144,8 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
       "self_check"}} (names: "saved_model", "onnx", "tflite[.<quantize>]").
 
     Raises:
+      atomic.NotWritableError: `output_dir` is a file, or cannot be created or
+        written (before any work).
       errors.OutputExistsError: an export of this step exists and not `overwrite`.
       export_check.ExportCheckError: a reloaded export differs from JAX beyond
         the tolerance; it is then kept at `<path>.failed_check` and an existing
@@ -154,6 +160,9 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
                                        f"{tflite.QUANTIZE_MODES}")
     if param_dtype not in ("float32", "float16"):
         raise errors.InvalidInputError(f"--param_dtype={param_dtype}: float32 or float16")
+    # Before the model is loaded or anything converted: a file in the way or a read-only
+    # folder would otherwise surface only after the conversion.
+    atomic.require_writable_dir(output_dir, flag="--output_dir", create=False)
     model = loading.load_model(model_path, checkpoint)
     config, step = model.config, model.step
     resolution, guided = int(config.resolution), models.is_guided(config)
@@ -168,7 +177,7 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
                 output_dir, step, "tflite", q)
     for target in targets.values():  # before any work; checked again when publishing
         if os.path.lexists(target) and not overwrite:
-            raise errors.OutputExistsError(f"{target}: exists; pass --overwrite to replace it")
+            raise errors.OutputExistsError(atomic.exists_message(target))
     variables = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), model.variables)
 
     def predict_with(cfg):
@@ -194,9 +203,17 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
         return jitted(variables, x, m)
 
     exports: dict[str, Any] = {}
+
+    def stop_here(target: str) -> None:
+        if stop is not None and stop.requested:
+            done = ", ".join(e["path"] for e in exports.values()) or "none"
+            raise stop.interrupted(f"exports published: {done}; {target} was not finished, "
+                                   "and nothing is left under its name")
+
     for name, target in targets.items():
         fmt, _, q = name.partition(".")
         q = q or "none"
+        stop_here(target)
 
         def build(staging: str, fmt=fmt, q=q) -> str:
             if fmt == "saved_model":
@@ -212,6 +229,7 @@ def export_model(model_path: str, output_dir: str, *, checkpoint: str | int = "l
                                             os.path.join(staging, os.path.basename(target)),
                                             resolution=resolution, guided=guided, quantize=q,
                                             metadata=meta)
+            stop_here(target)  # an unchecked export is never kept; its staging folder goes
             log(f"wrote {fmt}{'' if q == 'none' else ' ' + q} export {target}; checking it...")
             return path
 

@@ -417,6 +417,34 @@ def aggregate(per_image: Mapping[str, np.ndarray], select: np.ndarray | None = N
     return out
 
 
+def closer_share(distances: np.ndarray, reference: np.ndarray,
+                 select: np.ndarray | None = None) -> tuple[float | None, int]:
+    """Share of faces a method brings closer to the clean face than `reference` does.
+
+    With `reference` the occluded input's identity distances, this says how
+    often restoring beats doing nothing, face by face (a mean distance can hide
+    that a method helps a few faces a lot and hurts most a little).
+
+    Args:
+      distances: float [N] a method's identity (or any) distances to the clean faces.
+      reference: float [N] the distances of what it is compared with, same faces.
+      select: optional bool [N].
+
+    Returns:
+      (share of compared faces with distance < reference, or None when there
+      are none; number of faces compared: both values finite and selected).
+    """
+    d = np.asarray(distances, np.float64)
+    r = np.asarray(reference, np.float64)
+    if d.shape != r.shape:
+        raise ValueError(f"distances {d.shape} and reference {r.shape} differ in shape")
+    ok = np.isfinite(d) & np.isfinite(r)
+    if select is not None:
+        ok &= np.asarray(select, bool)
+    n = int(ok.sum())
+    return (float(np.mean(d[ok] < r[ok])) if n else None), n
+
+
 def found_in_all(results: Iterable[Mapping[str, np.ndarray]], metric: str = EXPRESSION) -> np.ndarray:
     """bool [N]: images where `metric` exists for every method, to compare methods on the same faces.
 

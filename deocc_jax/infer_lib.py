@@ -33,12 +33,14 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from deocc_jax import errors, predictors
+from deocc_jax import assets, errors, predictors
 from deocc_jax.faces import FaceAnalyzer
-from deocc_jax.io import atomic, images, progress
+from deocc_jax.faces.cascade import DEFAULT_MIN_FACE_PX
+from deocc_jax.io import atomic, images, progress, timing
 from deocc_jax.io import video as video_io
 from deocc_jax.predictors import Predictor
 from deocc_jax.restoration import frames
+from deocc_jax.restoration.smoothing import LandmarkSmoother
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -101,7 +103,20 @@ def read_photo(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndar
       images.DecodeError: unreadable (truncated, corrupt, empty), not an image,
         or more than `max_pixels` pixels; the message names the file.
     """
-    image = images.read_image(path, max_pixels, keep_alpha=True)
+    return _split_alpha(images.read_image(path, max_pixels, keep_alpha=True))
+
+
+def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """`read_photo` of encoded bytes (a request body, a file read by Beam); `name` for messages.
+
+    Raises:
+      images.DecodeError: see `read_photo`.
+    """
+    return _split_alpha(images.decode_image(data, max_pixels, keep_alpha=True, path=name))
+
+
+def _split_alpha(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if image.shape[-1] == 4:
         return np.ascontiguousarray(image[..., :3]), np.ascontiguousarray(image[..., 3])
     return image, None
@@ -116,21 +131,33 @@ def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return images.read_image(path, max_pixels)
 
 
-def write_rgb(path: str, image: np.ndarray, alpha: np.ndarray | None = None) -> None:
+def write_rgb(path: str, image: np.ndarray, alpha: np.ndarray | None = None, *,
+              overwrite: bool = False) -> None:
     """Writes an RGB (or gray) image, with `alpha` when given, atomically.
 
     The file appears complete or not at all: it is encoded in memory and
     renamed into place (`io.atomic`).
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.write_bytes(path, encode_image(image, alpha, os.path.splitext(path)[1] or ".png", path),
+                       overwrite=overwrite)
+
+
+def encode_image(image: np.ndarray, alpha: np.ndarray | None = None, ext: str = ".png",
+                 name: str | None = None) -> bytes:
+    """The bytes `write_rgb` writes: RGB (or gray) `image`, with `alpha` when given, as `ext`.
+
+    Raises:
+      errors.InvalidInputError: OpenCV cannot encode `ext` (named with `name`).
+    """
     img = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if alpha is not None:
         img = np.concatenate([img, alpha[..., None]], axis=-1)
-    ext = os.path.splitext(path)[1].lower() or ".png"
+    ext = ext.lower()
     ok, data = cv2.imencode(ext, img)
     if not ok:
-        raise errors.InvalidInputError(f"{path}: OpenCV cannot encode {ext} images")
-    atomic.write_bytes(path, data.tobytes())
+        raise errors.InvalidInputError(f"{name or 'image'}: OpenCV cannot encode {ext} images")
+    return data.tobytes()
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -146,10 +173,13 @@ def _photo_outputs(inputs: list[str], output: str) -> dict[str, str]:
     if len(inputs) == 1 and output.lower().endswith(IMAGE_EXTENSIONS):
         return {inputs[0]: output}
     stems = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
-    if len(set(stems)) != len(stems):
-        dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise errors.InvalidInputError(
-            f"input photos share file names {dup}; their outputs would overwrite each other")
+    first: dict[str, str] = {}
+    for p, s in zip(inputs, stems):
+        if s in first:
+            raise errors.InvalidInputError(
+                f"input photos {first[s]} and {p} share the name {s}: both would be written to "
+                f"{os.path.join(output, s + '.png')}; rename one")
+        first[s] = p
     return {p: os.path.join(output, s + ".png") for p, s in zip(inputs, stems)}
 
 
@@ -164,8 +194,18 @@ def _unchanged_copy_path(path: str, out_path: str) -> str:
 
 
 def plan_photos(input_spec: str, output: str, *, save_masks: bool = False,
-                side_by_side_out: bool = False) -> tuple[list[str], dict[str, str]]:
-    """Inputs and outputs of a photo run, checked before anything is read.
+                side_by_side_out: bool = False, overwrite: bool = False,
+                report: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """Inputs and every output of a photo run, checked together before anything is read.
+
+    Nothing is created here: output folders appear with their first file.
+
+    Args:
+      input_spec: image file, folder or glob.
+      output: output file (single input with an image extension) or folder.
+      save_masks, side_by_side_out: whether masks and before|after images are written.
+      overwrite: whether existing outputs may be replaced.
+      report: the run's report file (`--report`), planned with the rest.
 
     Returns:
       (input paths, input -> output path).
@@ -173,8 +213,9 @@ def plan_photos(input_spec: str, output: str, *, save_masks: bool = False,
     Raises:
       errors.InputNotFoundError: no images at `input_spec`.
       errors.OutputExistsError: an output (restored photo, unchanged copy,
-        mask or before|after) would replace an input, or `output` is the input
-        folder itself.
+        mask, before|after or report) would replace an input, two outputs
+        share a name, an output exists and not `overwrite`, or `output` is the
+        input folder itself.
       atomic.NotWritableError: an output folder cannot be created or written.
     """
     inputs = collect_images(input_spec)
@@ -183,23 +224,29 @@ def plan_photos(input_spec: str, output: str, *, save_masks: bool = False,
             f"--output {output} is the input folder: restored photos would mix with (and could "
             "replace) the originals; choose another folder")
     outputs = _photo_outputs(inputs, output)
-    candidates = []
+    planned = []
     for path, out in outputs.items():
-        candidates += [out, _unchanged_copy_path(path, out)]
+        # Restored, or copied unchanged when no face is found: one of the two, never both.
+        planned += [(f"the output of {path}", out),
+                    (f"the output of {path}", _unchanged_copy_path(path, out))]
         if save_masks:
-            candidates.append(_with_suffix(out, "mask"))
+            planned.append((f"the mask of {path}", _with_suffix(out, "mask")))
         if side_by_side_out:
-            candidates.append(_with_suffix(out, "side_by_side"))
-    atomic.check_no_overlap(candidates, inputs)
-    for folder in sorted({os.path.dirname(os.path.abspath(c)) for c in candidates}):
-        atomic.require_writable_dir(folder)
+            planned.append((f"the before|after of {path}", _with_suffix(out, "side_by_side")))
+    if report:
+        planned.append(("the report (--report)", report))
+    atomic.plan_outputs(planned, inputs, overwrite=overwrite)
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for _, p in planned}):
+        atomic.require_writable_dir(folder, create=False)
     return inputs, outputs
 
 
 def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks: bool = False,
                    side_by_side_out: bool = False, max_faces: int = 8,
                    min_confidence: float = 0.3, landmarker_model: str | None = None,
+                   min_face_px: float = DEFAULT_MIN_FACE_PX,
                    max_pixels: int = DEFAULT_MAX_PIXELS, masks: GuideMasks | None = None,
+                   overwrite: bool = False, stop: errors.StopSignals | None = None,
                    quiet: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Restores every face in every photo of `input_spec`.
 
@@ -217,15 +264,22 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
       max_faces: the most faces handled per photo.
       min_confidence: MediaPipe detection threshold.
       landmarker_model: explicit face_landmarker.task path.
+      min_face_px: the smallest face restored (box side, pixels); smaller
+        ones are counted and named in the photo's line.
       max_pixels: the pixel limit (the same as data prep's `--max_pixels`).
       masks: occluder masks for a guided model (`--mask`).
+      overwrite: replace existing outputs (else they are refused before any
+        photo is read).
+      stop: a SIGINT/SIGTERM request; once set, no further photo is started
+        (those written so far are complete and kept).
       quiet: no progress bar.
       log: where progress lines go.
 
     Returns:
-      One report dict per photo: input, output, faces, status ("restored";
-      "no_face", in which case the photo was copied unchanged; or "rejected",
-      with "reason" and "error"), and extra files.
+      One report dict per photo done: input, output, faces, faces_too_small,
+      status ("restored"; "no_face", in which case the photo was copied
+      unchanged and "no_face_reason" says why; or "rejected", with "reason"
+      and "error"), and extra files.
 
     Raises:
       errors.OutputExistsError, atomic.NotWritableError: see `plan_photos`
@@ -234,13 +288,15 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
     """
     frames.check_model(model, None if masks is None else masks.spec)
     inputs, outputs = plan_photos(input_spec, output, save_masks=save_masks,
-                                  side_by_side_out=side_by_side_out)
+                                  side_by_side_out=side_by_side_out, overwrite=overwrite)
     reports = []
     with FaceAnalyzer(mode="image", num_faces=max_faces, min_confidence=min_confidence,
-                      model_path=landmarker_model) as analyzer, \
+                      model_path=landmarker_model, min_face_px=min_face_px) as analyzer, \
             progress.bar(total=len(inputs), desc="photos", unit="photo",
                          quiet=quiet or len(inputs) == 1) as bar:
         for path in inputs:
+            if stop is not None and stop.requested:
+                break
             bar.update()
             out_path = outputs[path]
             try:
@@ -253,15 +309,20 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
                                 "error": errors.one_line(e)})
                 log(f"{errors.one_line(e)}; skipped")
                 continue
-            faces = analyzer.detect(image)
-            rep = {"input": path, "output": out_path, "faces": len(faces), "files": []}
+            search = analyzer.find(image)
+            faces = search.faces
+            rep = {"input": path, "output": out_path, "faces": len(faces),
+                   "faces_too_small": len(search.too_small), "files": []}
+            small = (f"; {len(search.too_small)} face(s) below --min_face_px={min_face_px:g} left as "
+                     "they are" if search.too_small else "")
             if not faces:
                 # Nothing to restore: the photo goes through untouched (bytes copied).
                 out_path = _unchanged_copy_path(path, out_path)
-                atomic.copy_file(path, out_path)
+                atomic.copy_file(path, out_path, overwrite=overwrite)
                 rep["output"] = out_path
                 rep["status"] = "no_face"
-                log(f"{path}: no face found; copied unchanged to {out_path}")
+                rep["no_face_reason"] = search.reason
+                log(f"{path}: no face found; copied unchanged to {out_path} ({search.reason}{small})")
                 reports.append(rep)
                 continue
             if alpha is not None and os.path.splitext(out_path)[1].lower() not in ALPHA_EXTENSIONS:
@@ -271,19 +332,26 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
             guide = None if masks is None else masks.for_photo(path, image.shape[:2])
             result = frames.restore_frame(image, [f.landmarks for f in faces], model, guide=guide)
             restored = result.image
-            write_rgb(out_path, restored, alpha)
+            write_rgb(out_path, restored, alpha, overwrite=overwrite)
             if save_masks:
                 rep["files"].append(_with_suffix(out_path, "mask"))
-                write_rgb(rep["files"][-1], result.mask_image())
+                write_rgb(rep["files"][-1], result.mask_image(), overwrite=overwrite)
             if side_by_side_out:
                 rep["files"].append(_with_suffix(out_path, "side_by_side"))
-                write_rgb(rep["files"][-1], side_by_side(image, restored))
+                write_rgb(rep["files"][-1], side_by_side(image, restored), overwrite=overwrite)
             rep["status"] = "restored"
-            log(f"{path}: {len(faces)} face(s) restored -> {out_path}")
+            log(f"{path}: {len(faces)} face(s) restored -> {out_path}{small}")
             reports.append(rep)
     counts = {k: sum(r["status"] == k for r in reports) for k in ("restored", "no_face", "rejected")}
+    why = {}
+    for r in reports:
+        if r["status"] == "no_face":
+            why[r["no_face_reason"]] = why.get(r["no_face_reason"], 0) + 1
     line = (f"{len(reports)} photo(s): {counts['restored']} restored, {counts['no_face']} without "
-            "a face (copied)")
+            "a face (copied" + "".join(f"; {n} {k}" for k, n in sorted(why.items())) + "); "
+            f"{sum(r['faces'] for r in reports)} face(s) restored")
+    if len(reports) < len(inputs):
+        line = f"stopped by {stop.name} after {len(reports)} of {len(inputs)} photos; " + line
     if counts["rejected"]:
         reasons = sorted({r["reason"] for r in reports if r["status"] == "rejected"})
         line += f", {counts['rejected']} rejected ({', '.join(reasons)})"
@@ -308,19 +376,26 @@ def _suffixed(path: str, suffix: str) -> str:
 
 
 def plan_video(input_spec: str, output: str | None, *, save_masks: bool = False,
-               side_by_side_out: bool = False, display: bool = False) -> dict[str, str]:
+               side_by_side_out: bool = False, display: bool = False, overwrite: bool = False,
+               report: str | None = None) -> dict[str, str]:
     """Output files of a video run ({"out", "mask"?, "sbs"?}), checked before anything is read.
+
+    Nothing is created here: the output folder appears with the first frame.
+    `report` (`--report`) is planned with the videos.
 
     Raises:
       errors.InvalidInputError: no --output where one is needed, or a video
         extension that cannot be written.
-      errors.OutputExistsError: an output is the input video (by real path).
+      errors.OutputExistsError: an output is the input video (by real path),
+        two outputs share a name, or an output exists and not `overwrite`.
       atomic.NotWritableError: the output folder cannot be created or written.
     """
+    planned = [("the report (--report)", report)] if report else []
     if output is None:
         if not (display and video_io.is_camera(input_spec)):
             raise errors.InvalidInputError(
                 "--output is required (only a camera shown with --display may omit it)")
+        atomic.plan_outputs(planned, overwrite=overwrite)
         return {}
     out = _video_output(input_spec, output)
     if os.path.splitext(out)[1].lower() not in video_io.WRITABLE_EXTENSIONS:
@@ -332,18 +407,32 @@ def plan_video(input_spec: str, output: str | None, *, save_masks: bool = False,
         paths["mask"] = _suffixed(out, "mask")
     if side_by_side_out:
         paths["sbs"] = _suffixed(out, "side_by_side")
-    if not video_io.is_camera(input_spec):
-        atomic.check_no_overlap(paths.values(), [input_spec])
-    atomic.require_writable_dir(os.path.dirname(os.path.abspath(out)))
+    names = {"out": "the restored video", "mask": "the mask video", "sbs": "the before|after video"}
+    planned += [(names[k], p) for k, p in paths.items()]
+    atomic.plan_outputs(planned, [] if video_io.is_camera(input_spec) else [input_spec],
+                        overwrite=overwrite)
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for _, p in planned}):
+        atomic.require_writable_dir(folder, create=False)
     return paths
+
+
+def _open_video_writers(writers: dict[str, video_io.VideoWriter], paths: dict[str, str],
+                        info: video_io.VideoInfo, audio: str | None, overwrite: bool) -> None:
+    """Adds a VideoWriter per planned output to `writers` (as each opens, so a failure aborts those open)."""
+    sizes = {"out": info.width, "mask": info.width, "sbs": 2 * info.width}
+    for key, path in paths.items():
+        writers[key] = video_io.VideoWriter(path, info.fps, sizes[key], info.height,
+                                            audio_from=audio if key == "out" else None,
+                                            time_base=info.time_base, overwrite=overwrite)
 
 
 def process_video(model: Predictor, input_spec: str, output: str | None, *, save_masks: bool = False,
                   side_by_side_out: bool = False, max_faces: int = 4, max_frames: int | None = None,
                   smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 1.0,
                   min_confidence: float = 0.3, landmarker_model: str | None = None,
-                  display: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  stabilize: bool = True, mask: str | None = None, quiet: bool = False,
+                  min_face_px: float = DEFAULT_MIN_FACE_PX, display: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  stabilize: bool = True, mask: str | None = None, overwrite: bool = False,
+                  stop: errors.StopSignals | None = None, quiet: bool = False,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Restores faces in every frame of a video file or camera.
 
@@ -352,7 +441,9 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
     copied, so the result stays in sync with the original. Output files appear
     only once complete (a failure leaves no partial file). A file that ends
     before the frame count it declares is reported (log line and the
-    "truncation" entry of the result).
+    "truncation" entry of the result); one with no decodable frame is an error.
+    A SIGINT/SIGTERM (`stop`) ends the run between frames: the outputs keep
+    the frames done so far, complete and playable.
 
     Args:
       model: a blind Predictor.
@@ -366,34 +457,49 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
       min_cutoff, beta: one-euro parameters (Hz, face sizes per second).
       min_confidence: MediaPipe detection/tracking threshold.
       landmarker_model: explicit face_landmarker.task path.
+      min_face_px: the smallest face restored (box side, pixels).
       display: show frames in a window (press q to stop).
       max_pixels: refuse frames larger than this (data prep's pixel limit).
       stabilize: average each restored face over time where it does not move
         (`restoration.stabilize`), so it does not flicker.
       mask: for a guided model, the occluder mask image (the frame's size, or
         square on the aligned face).
+      overwrite: replace existing outputs (else refused before anything is read).
+      stop: the run's SIGINT/SIGTERM request (`errors.StopSignals`), checked
+        between warm-up calls and between frames, never inside the model.
       quiet: no progress bar.
       log: where the summary goes.
 
     Returns:
-      {"output", "frames", "frames_expected", "truncation", "fps_source",
-      "fps_processed", "stage_ms", "files"}.
+      {"output", "frames", "frames_expected", "truncation", "stopped_by",
+      "fps_source", "fps_processed", "stage_ms", "files"}.
+
+    Raises:
+      errors.InvalidInputError: no frame of the file could be decoded (nothing
+        is written).
+      errors.Interrupted: `stop` came before the first frame was done
+        (nothing is written).
     """
     frames.check_model(model, mask)
+    if max_frames is not None and max_frames < 1:
+        raise errors.InvalidInputError(f"--max_frames={max_frames}: must be at least 1")
     paths = plan_video(input_spec, output, save_masks=save_masks,
-                       side_by_side_out=side_by_side_out, display=display)
-    timer = video_io.StageTimer()
-    smoother = video_io.LandmarkSmoother(min_cutoff, beta) if smoothing else None
+                       side_by_side_out=side_by_side_out, display=display, overwrite=overwrite)
+    timer = timing.StageTimer()
+    smoother = LandmarkSmoother(min_cutoff, beta) if smoothing else None
     stabilizer = TemporalStabilizer(StabilizerOptions()) if stabilize else None
     # Compile / warm up for 1 and 2 faces before timing: the first call of a
     # jitted model includes compilation, which is not the steady frame rate.
     for n in (1, 2):
+        if stop is not None and stop.requested:
+            raise stop.interrupted(f"during the model warm-up, before any frame of {input_spec}; "
+                                   "nothing was written")
         warm = np.zeros((n, model.resolution, model.resolution, 3), np.uint8)
         model(warm, np.zeros(warm.shape[:3] + (1,), np.uint8) if model.guided else None)
 
     with video_io.VideoReader(input_spec) as reader, \
             FaceAnalyzer(mode="video", num_faces=max_faces, min_confidence=min_confidence,
-                         model_path=landmarker_model) as analyzer:
+                         model_path=landmarker_model, min_face_px=min_face_px) as analyzer:
         info = reader.info
         if info.width * info.height > max_pixels:
             raise images.DecodeError(
@@ -402,31 +508,23 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
         audio = input_spec if not video_io.is_camera(input_spec) and info.audio_streams else None
         guide = None if mask is None else frames.GuideMask(mask, (info.height, info.width))
         writers: dict[str, video_io.VideoWriter] = {}
-        n_frames, faces_seen, last_ms = 0, 0, -1
+        n_frames, faces_seen, to_ms = 0, 0, timing.MonotonicMs()
         stopped_early = False
+        stopped_by = None  # the signal that ended the run early
         start = time.perf_counter()
         ok = False
+        bar = progress.bar(total=None if video_io.is_camera(input_spec) else info.frame_count,
+                           desc=os.path.basename(input_spec), quiet=quiet or display)
         try:
-            if "out" in paths:
-                writers["out"] = video_io.VideoWriter(paths["out"], info.fps, info.width,
-                                                      info.height, audio_from=audio,
-                                                      time_base=info.time_base)
-            if "mask" in paths:
-                writers["mask"] = video_io.VideoWriter(paths["mask"], info.fps, info.width,
-                                                       info.height, time_base=info.time_base)
-            if "sbs" in paths:
-                writers["sbs"] = video_io.VideoWriter(paths["sbs"], info.fps, 2 * info.width,
-                                                      info.height, time_base=info.time_base)
-            bar = progress.bar(total=None if video_io.is_camera(input_spec) else info.frame_count,
-                               desc=os.path.basename(input_spec), quiet=quiet or display)
             for frame in reader.timed_frames():
+                if stop is not None and stop.requested:
+                    stopped_by = stop.name
+                    break
                 bar.update()
                 if max_frames is not None and frame.index >= max_frames:
                     stopped_early = True
                     break
-                # MediaPipe's VIDEO mode needs strictly increasing milliseconds.
-                ts_ms = max(int(round(frame.time_s * 1000.0)), last_ms + 1)
-                last_ms = ts_ms
+                ts_ms = to_ms(frame.time_s)
                 with timer("detect"):
                     faces = analyzer.detect_video(frame.rgb, ts_ms)
                     lms = [f.landmarks for f in faces]
@@ -436,6 +534,8 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
                                               time_s=frame.time_s, guide=guide, timer=timer)
                 restored = result.image
                 faces_seen += len(lms)
+                if not writers:  # opened with the first frame: a file with none leaves nothing
+                    _open_video_writers(writers, paths, info, audio, overwrite)
                 with timer("io"):
                     if "out" in writers:
                         writers["out"].write(restored, time_s=frame.time_s)
@@ -453,9 +553,9 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
                             stopped_early = True
                             break
             ok = True
-        except KeyboardInterrupt:
-            log("stopped by the user")
-            stopped_early = ok = True  # what was written so far is kept
+        except KeyboardInterrupt:  # callers without `stop`
+            stopped_by = "KeyboardInterrupt"
+            ok = True  # what was written so far is kept
         finally:
             for w in writers.values():
                 if ok:
@@ -466,13 +566,23 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
             if display:
                 cv2.destroyAllWindows()
         elapsed = time.perf_counter() - start
-        truncation = None if stopped_early else reader.truncation
+        truncation = None if stopped_early or stopped_by else reader.truncation
+        if not n_frames and not stopped_by:
+            why = f"decoding error: {reader.decode_error}" if reader.decode_error else \
+                "the file is truncated or damaged"
+            of = f" of {info.frame_count}" if info.frame_count else ""
+            raise errors.InvalidInputError(
+                f"{input_spec}: no frame could be decoded (0{of}; {why}); nothing was written")
+    if not n_frames and stop is not None and stop.requested:
+        raise stop.interrupted(f"before the first frame of {input_spec} was done; nothing was "
+                               "written")
     stats = {
-        "output": paths.get("out"),
+        "output": paths.get("out") if n_frames else None,
         "files": [w.path for k, w in writers.items() if k != "out"],
         "frames": n_frames,
         "frames_expected": info.frame_count,
         "truncation": truncation,
+        "stopped_by": stopped_by,
         "faces": faces_seen,
         "fps_source": info.fps,
         "fps_processed": n_frames / elapsed if elapsed > 0 else 0.0,
@@ -484,6 +594,9 @@ def process_video(model: Predictor, input_spec: str, output: str | None, *, save
     log(f"{input_spec}: {n_frames} frames ({faces_seen} face detections) at {stats['fps_processed']:.1f} "
         f"frames/s (source {info.fps:.2f} fps); per frame: {stages}"
         + (f" -> {stats['output']}" if stats["output"] else ""))
+    if stopped_by:
+        log(f"stopped by {stopped_by} after {n_frames} frames"
+            + (f": {stats['output']} holds them (complete and playable)" if stats["output"] else ""))
     return stats
 
 
@@ -494,20 +607,34 @@ def is_video_input(input_spec: str) -> bool:
 
 
 def run(model_path: str | None, input_spec: str, output: str | None, *, checkpoint: str | int = "latest",
-        **kwargs) -> Any:
+        report: str | None = None, **kwargs) -> Any:
     """Dispatches to photos or video by the input; returns their report.
 
-    Inputs and outputs are checked (no output replacing an input, writable
-    output folders) before the model is loaded or any input read.
+    Every output (and `report`, the `--report` file the caller writes) is
+    planned and checked first: none may be an input, share a name with
+    another or exist without `overwrite`, and their folders must be writable.
+    Then the landmark model is found. Only then is the model loaded and an
+    input read; nothing is created before that (output folders appear with
+    their first file).
     """
-    outputs = {k: kwargs.get(k, False) for k in ("save_masks", "side_by_side_out")}
-    if is_video_input(input_spec):
-        plan_video(input_spec, output, display=kwargs.get("display", False), **outputs)
+    outputs = {k: kwargs.get(k, False) for k in ("save_masks", "side_by_side_out", "overwrite")}
+    video = is_video_input(input_spec)
+    if video:
+        plan_video(input_spec, output, display=kwargs.get("display", False), report=report,
+                   **outputs)
+    elif output is None:
+        raise errors.InvalidInputError("--output is required for photos")
+    else:
+        plan_photos(input_spec, output, report=report, **outputs)
+    kwargs["landmarker_model"] = assets.resolve_model("face_landmarker.task",
+                                                      kwargs.get("landmarker_model"))
+    stop = kwargs.get("stop")
+    if stop is not None and stop.requested:
+        raise stop.interrupted("before the model was loaded; nothing was written")
+    assets.resolve_model("face_detection_full_range.tflite")  # found before any work, too
+    if video:
         return process_video(predictors.open_predictor(model_path, checkpoint), input_spec, output,
                              **kwargs)
-    if output is None:
-        raise errors.InvalidInputError("--output is required for photos")
-    plan_photos(input_spec, output, **outputs)
     video_only = {k for k in ("max_frames", "smoothing", "min_cutoff", "beta", "display",
                               "stabilize", "mask") if k in kwargs}
     photo_kwargs = {k: v for k, v in kwargs.items() if k not in video_only}

@@ -17,6 +17,13 @@ capture-to-output latency (p50 / p95) are printed at the end, every
 Restored faces are stabilised over time (--stabilize); a file output is
 H.264 with the source's timestamps and audio.
 
+SIGTERM (`kill`, systemd, Docker) and SIGINT (Ctrl-C) end a run the same way:
+the recording is closed as a playable video of the frames done so far and the
+report written; the exit status is 143 or 130. --serve shows a "starting"
+picture from the moment the server listens until the first restored frame.
+Compiled XLA programs are kept in --jax_cache_dir, so a restart skips the
+model's compilation.
+
 Why a binary of its own rather than more `infer` flags: `infer` is a batch
 tool whose contract is one output per input (every frame of a video, every
 photo of a folder, a report at the end); `live` is a service whose contract is
@@ -29,11 +36,13 @@ Both share the library code (face tracking, restoration and blending in
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from deocc_jax import errors, loading
 from deocc_jax.restoration import stabilize
 from deocc_jax.streaming import session, tracking
+
+DEFAULT_JAX_CACHE = "~/.cache/deocc/jax"
 
 _INPUT = flags.DEFINE_string("input", "0", "Camera index (0, 1, ...) or a video file.")
 _MODEL = flags.DEFINE_string("model", None, "Model: a pretrained folder, a workdir, an export, "
@@ -79,6 +88,10 @@ _REPORT_EVERY = flags.DEFINE_float("report_every", 0.0, "Print the running figur
                                    "(0: only at the end, on SIGUSR1 and on the s key).")
 _REPORT = flags.DEFINE_string("report", None, "Write the final report (JSON) here.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+_JAX_CACHE = flags.DEFINE_string(
+    "jax_cache_dir", None, "Where compiled XLA programs are kept between runs, so a restart "
+    "skips compiling the model (default: $JAX_COMPILATION_CACHE_DIR, else "
+    f"{DEFAULT_JAX_CACHE}; an empty value turns it off).")
 _CAMERA_TIMEOUT = flags.DEFINE_float("camera_timeout", 2.0, "Seconds without a frame after which a "
                                      "camera counts as stopped (the first frame may take 5 s).")
 
@@ -106,10 +119,35 @@ def _options() -> session.LiveOptions:
         quiet=_QUIET.value, camera_timeouts={"camera_frame_timeout_s": _CAMERA_TIMEOUT.value})
 
 
+def jax_cache_dir(flag_value: str | None) -> str | None:
+    """The persistent compilation cache folder: the flag, $JAX_COMPILATION_CACHE_DIR, the default.
+
+    None (an empty flag) means no cache.
+    """
+    if flag_value is None:
+        flag_value = os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_JAX_CACHE
+    return os.path.expanduser(flag_value) if flag_value else None
+
+
+def _enable_compilation_cache(folder: str | None) -> None:
+    import jax  # after flag parsing; the cache must be set before the first compilation
+    jax.config.update("jax_compilation_cache_dir", folder)
+    if folder is None:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:  # a read-only home: run without, and say so
+        logging.warning("--jax_cache_dir=%s cannot be created (%s): compiling without a cache",
+                        folder, e.strerror or e)
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
 def main(argv):
     if len(argv) > 1:
         raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
-    session.run(_options())
+    options = _options()
+    _enable_compilation_cache(jax_cache_dir(_JAX_CACHE.value))
+    session.run(options)  # SIGTERM / SIGINT: errors.Interrupted, exit 128 + the signal
 
 
 def parse_flags(argv: list[str]) -> list[str]:

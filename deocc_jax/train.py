@@ -7,6 +7,7 @@ add --distributed (Cloud TPU, SLURM and Open MPI are auto-detected) or give
 
 import contextlib
 import os
+import signal
 import sys
 
 from absl import flags, logging
@@ -21,8 +22,12 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
-_BREAK_LOCK = flags.DEFINE_bool("break_lock", False, "Take over the workdir's lock left by a "
-                                "trainer that ended without releasing it (see the message).")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout_s", 300, "How long processes wait for each other to join and to shut "
+    "down (multi-host); raise it where one host may lag far behind the others.")
+_BREAK_LOCK = flags.DEFINE_bool("break_lock", False, "Take over a workdir lock written from another "
+                                "host, whose trainer cannot be checked (see the message); a "
+                                "stale lock of this host is taken over without it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,7 +39,8 @@ def main(argv):
     if _DISTRIBUTED.value or _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         # jax.distributed reads JAX_COORDINATOR_ADDRESS from the environment (process count
         # and id then come from the flags or cluster auto-detection).
-        train_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        train_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                           timeout_s=_DISTRIBUTED_TIMEOUT.value)
     config = _CONFIG.value
     logging.info("config:\n%s", config)
     with contextlib.ExitStack() as stack:
@@ -46,8 +52,10 @@ def main(argv):
         result = train_lib.train_and_evaluate(config, _WORKDIR.value, face_metrics=fm,
                                               break_lock=_BREAK_LOCK.value)
     if result["preempted"]:
-        logging.warning("stopped early at step %d after a preemption notice", result["step"])
-        sys.exit(train_lib.PREEMPTED_EXIT_CODE)
+        # 143 (SIGTERM, a preemption notice): schedulers restart the job; 130 for Ctrl-C.
+        logging.warning("stopped early at step %d by %s", result["step"],
+                        signal.Signals(result["signal"]).name)
+        sys.exit(128 + result["signal"])
 
 
 def run():

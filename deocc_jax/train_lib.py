@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import os
 import signal
-import threading
 from typing import Any, Callable
 
 import jax
@@ -43,16 +42,20 @@ class TrainingDivergedError(errors.UserError, FloatingPointError):
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, timeout_s: int = 300) -> None:
     """Calls jax.distributed.initialize; arguments left None are auto-detected.
 
     On Cloud TPU, SLURM and Open MPI JAX finds everything itself. On CPU it
-    uses gloo collectives so multi-process CPU runs (and tests) work.
+    uses gloo collectives so multi-process CPU runs (and tests) work. `timeout_s`
+    bounds both the wait for every process to join and the shutdown barrier, where
+    a process that finished early waits for one still evaluating or saving.
     """
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=timeout_s,
+                               shutdown_timeout_seconds=timeout_s)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
@@ -184,25 +187,35 @@ def initial_generator(config: ml_collections.ConfigDict) -> dict | None:
 # Loop helpers.
 
 class PreemptionFlag:
-    """Set by SIGTERM in single-process runs (multi-process runs use JAX's preemption service)."""
+    """SIGTERM or SIGINT in single-process runs: save a checkpoint at the next step and stop.
+
+    Both are `errors.StopSignals` requests, so Ctrl-C keeps the work done as a
+    scheduler's SIGTERM does, and is never a KeyboardInterrupt unwinding the
+    main thread while XLA computes. Multi-process runs use JAX's preemption
+    service (SIGTERM) instead.
+    """
 
     def __init__(self):
-        self.is_set = False
-        self._previous = None
+        self._signals = errors.StopSignals()
+        self._active = False
+
+    @property
+    def is_set(self) -> bool:
+        return self._signals.requested
+
+    @property
+    def signum(self) -> int | None:
+        return self._signals.signum
 
     def __enter__(self):
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._active = jax.process_count() == 1
+        if self._active:
+            self._signals.__enter__()
         return self
 
-    def _handle(self, signum, frame):
-        del frame
-        logging.warning("received signal %d: will save a checkpoint and stop", signum)
-        self.is_set = True
-
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._active:
+            self._signals.__exit__(*exc)
 
 
 class _Prefetcher:
@@ -261,7 +274,16 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if "://" in workdir:  # object stores (gs://...) replace an object in one step anyway
         (epath.Path(workdir) / CONFIG_FILE).write_text(text)
     else:
-        atomic.write_text(os.path.join(workdir, CONFIG_FILE), text)
+        atomic.write_text(os.path.join(workdir, CONFIG_FILE), text, overwrite=True)  # resumes rewrite it
+
+
+def _check_train_split(config: ml_collections.ConfigDict) -> None:
+    """The train split exists, matches the config and holds records; checked before the workdir is touched."""
+    input_pipeline.check_dataset(config, "train")
+    if input_pipeline.split_size(config.data_dir, "train") == 0:
+        raise errors.InvalidInputError(
+            f"--config.data_dir={config.data_dir}: the train split holds no record, so there is "
+            "nothing to train on (prepare the data again with photos in which a face is found)")
 
 
 def _has_validation_data(config: ml_collections.ConfigDict) -> bool:
@@ -324,10 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config: experiment config (configs/*.py).
       workdir: directory for checkpoints, TensorBoard events, sample PNGs and config.json.
       face_metrics: a `face_metrics.FaceMetrics` for validation, or None.
-      break_lock: take over a stale workdir lock (`--break_lock`).
+      break_lock: take over a workdir lock written from another host (`--break_lock`).
 
     Returns:
-      {"step": last step, "preempted": bool, "metrics": last logged train
+      {"step": last step, "preempted": bool, "signal": the number of the signal
+      that stopped it (SIGTERM for a preemption notice), "metrics": last logged train
       metrics, "eval": last validation metrics}.
 
     Raises:
@@ -338,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     mesh = sharding.make_mesh()
     check_config(config, mesh)
-    input_pipeline.check_dataset(config, "train")
+    _check_train_split(config)
     validation = _has_validation_data(config)
     lock = _lock_workdir(workdir, break_lock)
     try:
@@ -383,7 +406,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
 
     reporters = _Reporters(config, workdir, start)
     prefetch = _Prefetcher(train_iter, functools.partial(sharding.put_batch, mesh))
-    result = {"step": start, "preempted": False, "metrics": {}, "eval": {}}
+    result = {"step": start, "preempted": False, "signal": None, "metrics": {}, "eval": {}}
     pending: list[dict] = []
     num_steps = config.num_train_steps
 
@@ -440,6 +463,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
             result["step"] = done
             if preempted:
                 ckpt.wait()
+                result["signal"] = preempt.signum or signal.SIGTERM
                 logging.warning("preempted: saved checkpoint at step %d in %s; exiting so the "
                                 "job can be restarted (it will resume from there)",
                                 done, ckpt.directory)

@@ -179,6 +179,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
+    def log_error(self, format, *args):  # noqa: A002
+        # A refused request (400, 404) is one line, whatever --log_requests says.
+        super().log_message(format, *args)
+
     def do_HEAD(self):  # noqa: N802 (http.server's naming)
         self._respond(head=True)
 
@@ -186,22 +190,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._respond(head=False)
 
     def _respond(self, head: bool):
-        path = posixpath.normpath(urllib.parse.unquote(urllib.parse.urlsplit(self.path).path))
-        rel = path.lstrip("/") or "index.html"
+        rel = request_path(self.path)
+        if rel is None:
+            return self.send_error(400, "bad path (not UTF-8, or control characters)")
         if rel == "config.json":
             return self._send_bytes(json.dumps(self.server.page_config).encode(), ".json", head)
         files = {MODEL_URL: self.server.model_path, LANDMARKER_URL: self.server.landmarker_path}
         target = files.get(rel) or os.path.join(self.server.dist, *rel.split("/"))
-        # normpath removed "..", so a dist path stays inside dist; check anyway.
-        inside = os.path.commonpath([os.path.realpath(target), self.server.dist]) == self.server.dist
-        if not os.path.isfile(target) or (rel not in files and not inside):
+        try:
+            # normpath removed "..", so a dist path stays inside dist; check anyway.
+            inside = os.path.commonpath([os.path.realpath(target), self.server.dist]) == self.server.dist
+            f = open(target, "rb") if os.path.isfile(target) and (rel in files or inside) else None
+        except (OSError, ValueError):  # a name too long for the file system, ...
+            f = None
+        if f is None:
             return self.send_error(404, "not found")
         ext = os.path.splitext(target)[1].lower()
-        with open(target, "rb") as f:
+        with f:
             size = os.fstat(f.fileno()).st_size
             self._headers(ext, size)
-            if not head:
+            if head:
+                return
+            try:
                 shutil.copyfileobj(f, self.wfile)
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True  # the client hung up: nothing to report
 
     def _headers(self, ext: str, size: int):
         self.send_response(200)
@@ -217,10 +230,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+def request_path(raw: str) -> str | None:
+    """A request's path relative to the site ("index.html" for "/"), or None when it is unusable.
+
+    Percent-escapes are decoded strictly: bytes that are not UTF-8 and control
+    characters (an escaped NUL would reach the file system calls) make the
+    path unusable, which the server answers with 400.
+    """
+    try:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(raw).path, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return None
+    return posixpath.normpath(path).lstrip("/") or "index.html"
+
+
 class PageServer(http.server.ThreadingHTTPServer):
     """The page's HTTP server; `url` is where a browser opens it."""
 
     daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up (a closed tab, an aborted download) is not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, model_path: str, *, host: str = "127.0.0.1", port: int = 8000,
                  landmarker_model: str | None = None, web_dir: str = WEB_DIR,

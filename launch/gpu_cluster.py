@@ -8,7 +8,7 @@ Two modes, both printing the exact commands with --dry_run:
 * slurm: writes an sbatch script running one task per node via srun; JAX's
   jax.distributed.initialize() reads SLURM's environment itself (--distributed).
 
-    python launch/gpu_cluster.py --dry_run --hosts=gpu0,gpu1 \\
+    python -m launch.gpu_cluster --dry_run --hosts=gpu0,gpu1 \\
         --data_dir=/shared/pairs --workdir=/shared/runs/deocc1 --config=configs/deocc.py
 
 The code, the dataset and the workdir should be on a filesystem every host sees
@@ -16,102 +16,53 @@ The code, the dataset and the workdir should be on a filesystem every host sees
     pip install -r requirements.txt 'jax[cuda12]==0.10.2'
 """
 
-from __future__ import annotations
-
 import shlex
 import subprocess
 import sys
 
 from absl import app, flags
 
+from launch import gpu_cluster_lib
 
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """Flags of this binary (defined only when run, so the module imports cleanly)."""
-    flags.DEFINE_list("hosts", [], "Hostnames; the first one coordinates (ssh mode).")
-    flags.DEFINE_integer("port", 12355, "Coordinator port on the first host.")
-    flags.DEFINE_enum("mode", "ssh", ["ssh", "slurm"], "How processes are started.")
-    flags.DEFINE_integer("nodes", 2, "Number of nodes (slurm mode).")
-    flags.DEFINE_integer("gpus_per_node", 8, "GPUs per node (slurm mode).")
-    flags.DEFINE_string("config", "configs/deocc.py", "Config file.")
-    flags.DEFINE_multi_string("override", [], "Config overrides KEY=VALUE.")
-    flags.DEFINE_string("data_dir", None, "Dataset directory (same path on every host).")
-    flags.DEFINE_string("workdir", None, "Workdir on a shared filesystem or gs://.")
-    flags.DEFINE_string("repo", "~/deocc", "Repository path on the hosts.")
-    flags.DEFINE_string("python", "python3", "Python executable on the hosts.")
-    flags.DEFINE_string("sbatch_file", "deocc_train.sbatch", "Where to write the script.")
-    flags.DEFINE_bool("dry_run", False, "Print instead of running.")
-
-
-def train_args(config: str, data_dir: str, workdir: str, overrides: list[str] | None) -> list[str]:
-    return (["-m", "deocc_jax.train", f"--config={config}", f"--config.data_dir={data_dir}",
-             f"--workdir={workdir}"] + [f"--config.{o}" for o in overrides or []])
-
-
-def ssh_commands(hosts: list[str], port: int, *, config: str, data_dir: str, workdir: str,
-                 overrides: list[str] | None = None, repo: str = "~/deocc",
-                 python: str = "python3") -> list[list[str]]:
-    """One ssh command per host; process i runs on hosts[i]."""
-    if not hosts:
-        raise ValueError("--hosts is required in ssh mode")
-    coordinator = f"{hosts[0]}:{port}"
-    cmds = []
-    for i, host in enumerate(hosts):
-        train = [python] + train_args(config, data_dir, workdir, overrides) + [
-            f"--coordinator_address={coordinator}", f"--num_processes={len(hosts)}",
-            f"--process_id={i}"]
-        remote = f"cd {repo} && {shlex.join(train)} 2>&1 | tee -a deocc_train_{i}.log"
-        cmds.append(["ssh", host, remote])
-    return cmds
-
-
-def sbatch_script(nodes: int, gpus_per_node: int, *, config: str, data_dir: str, workdir: str,
-                  overrides: list[str] | None = None, repo: str = "~/deocc",
-                  python: str = "python3") -> str:
-    """An sbatch script: one task per node, all GPUs of the node to that task."""
-    train = shlex.join([python] + train_args(config, data_dir, workdir, overrides) + ["--distributed"])
-    return "\n".join([
-        "#!/bin/bash",
-        "#SBATCH --job-name=deocc",
-        f"#SBATCH --nodes={nodes}",
-        "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={gpus_per_node}",
-        "#SBATCH --signal=TERM@120   # SIGTERM 2 min before the time limit: save and exit",
-        "#SBATCH --requeue",
-        "#SBATCH --output=deocc_%j.log",
-        f"cd {repo}",
-        f"srun {train}",
-        "",
-    ])
+_HOSTS = flags.DEFINE_list("hosts", [], "Hostnames; the first one coordinates (ssh mode).")
+_PORT = flags.DEFINE_integer("port", 12355, "Coordinator port on the first host.")
+_MODE = flags.DEFINE_enum("mode", "ssh", ["ssh", "slurm"], "How processes are started.")
+_NODES = flags.DEFINE_integer("nodes", 2, "Number of nodes (slurm mode).")
+_GPUS_PER_NODE = flags.DEFINE_integer("gpus_per_node", 8, "GPUs per node (slurm mode).")
+_CONFIG = flags.DEFINE_string("config", "configs/deocc.py", "Config file.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "Config overrides KEY=VALUE.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (same path on every host).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir on a shared filesystem or gs://.")
+_REPO = flags.DEFINE_string("repo", "~/deocc", "Repository path on the hosts.")
+_PYTHON = flags.DEFINE_string("python", "python3", "Python executable on the hosts.")
+_SBATCH_FILE = flags.DEFINE_string("sbatch_file", "deocc_train.sbatch",
+                                   "Where to write the script.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print instead of running.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not FLAGS.data_dir or not FLAGS.workdir:
+    if not _DATA_DIR.value or not _WORKDIR.value:
         raise app.UsageError("--data_dir and --workdir are required")
-    common = dict(config=FLAGS.config, data_dir=FLAGS.data_dir, workdir=FLAGS.workdir,
-                  overrides=FLAGS.override, repo=FLAGS.repo, python=FLAGS.python)
-    if FLAGS.mode == "slurm":
-        script = sbatch_script(FLAGS.nodes, FLAGS.gpus_per_node, **common)
-        if FLAGS.dry_run:
+    common = dict(config=_CONFIG.value, data_dir=_DATA_DIR.value, workdir=_WORKDIR.value,
+                  overrides=_OVERRIDE.value, repo=_REPO.value, python=_PYTHON.value)
+    if _MODE.value == "slurm":
+        script = gpu_cluster_lib.sbatch_script(_NODES.value, _GPUS_PER_NODE.value, **common)
+        if _DRY_RUN.value:
             print(script)
-            print(shlex.join(["sbatch", FLAGS.sbatch_file]))
+            print(shlex.join(["sbatch", _SBATCH_FILE.value]))
             return
-        with open(FLAGS.sbatch_file, "w") as f:
+        with open(_SBATCH_FILE.value, "w") as f:
             f.write(script)
-        sys.exit(subprocess.call(["sbatch", FLAGS.sbatch_file]))
-    cmds = ssh_commands(FLAGS.hosts, FLAGS.port, **common)
+        sys.exit(subprocess.call(["sbatch", _SBATCH_FILE.value]))
+    cmds = gpu_cluster_lib.ssh_commands(_HOSTS.value, _PORT.value, **common)
     for c in cmds:
         print(shlex.join(c), flush=True)
-    if not FLAGS.dry_run:
+    if not _DRY_RUN.value:
         procs = [subprocess.Popen(c) for c in cmds]
         sys.exit(max(p.wait() for p in procs))
 
 
 if __name__ == "__main__":
-    define_flags()
     app.run(main)

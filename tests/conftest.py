@@ -19,8 +19,12 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("DEOCC_SHARED", REPO.parent / "shared"))
-os.environ.setdefault("DEOCC_ASSETS_DIR", str(SHARED / "models"))
+# Absolute, whatever the caller gave: tests build file:// URLs from these and start
+# subprocesses in other folders.
+SHARED = pathlib.Path(os.environ.get("DEOCC_SHARED", REPO.parent / "shared")).resolve()
+os.environ["DEOCC_SHARED"] = str(SHARED)
+os.environ["DEOCC_ASSETS_DIR"] = str(
+    pathlib.Path(os.environ.get("DEOCC_ASSETS_DIR") or SHARED / "models").resolve())
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,14 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import common, inference, input_pipeline, quality
+from benchmarks import common, inference_lib, input_pipeline_lib, quality_lib, quality_variants
 from tests import pairs_fixture
 
 
 def test_input_pipeline_benchmark_times_the_real_pipeline(tmp_path_factory, faces_dir):
     data = pairs_fixture.tiny_dataset(tmp_path_factory, faces_dir)  # 32 px, 16 train examples
-    rec = input_pipeline.run_benchmark(str(data), 32, 4, [1, 2], batches=3, warmup=1,
-                                       stage_examples=4, configs=[], step_repeats=1)
+    rec = input_pipeline_lib.run_benchmark(str(data), 32, 4, [1, 2], batches=3, warmup=1,
+                                           stage_examples=4, configs=[], step_repeats=1)
     assert [p["threads"] for p in rec["pipeline"]] == [1, 2]
     for p in rec["pipeline"]:
         assert p["images"] == 12
@@ -34,14 +34,14 @@ def test_input_pipeline_benchmark_times_the_real_pipeline(tmp_path_factory, face
     assert rec["dataset"]["records_per_split"]["train"] == 16
     assert rec["pipeline_images_per_cpu_s"] == max(p["images_per_cpu_s"] for p in rec["pipeline"])
     json.dumps(rec)
-    assert "2 thread(s)" in input_pipeline.summary_line(rec)
+    assert "2 thread(s)" in input_pipeline_lib.summary_line(rec)
 
 
 def test_input_pipeline_benchmark_refuses_a_resolution_the_data_lacks(tmp_path_factory, faces_dir):
     data = pairs_fixture.tiny_dataset(tmp_path_factory, faces_dir)
     with pytest.raises(ValueError, match="prepared at 32 px"):
-        input_pipeline.run_benchmark(str(data), 64, 4, [1], batches=1, warmup=0,
-                                     stage_examples=1, configs=[], step_repeats=1)
+        input_pipeline_lib.run_benchmark(str(data), 64, 4, [1], batches=1, warmup=0,
+                                         stage_examples=1, configs=[], step_repeats=1)
 
 
 def test_inference_times_any_predictor_and_checks_runtimes():
@@ -56,17 +56,17 @@ def test_inference_times_any_predictor_and_checks_runtimes():
             return {"deoccluded": images, "mask": np.ones(images.shape[:3] + (1,), np.float32)}
 
     fake = Fake()
-    t = inference.time_predictor(fake, latency_repeats=3, tp_batch=4, tp_repeats=2)
+    t = inference_lib.time_predictor(fake, latency_repeats=3, tp_batch=4, tp_repeats=2)
     # first call + one settling call + the timed ones, masks given to a guided model
     assert fake.calls == [((1, 32, 32, 3), (1, 32, 32, 1))] * 5 + [((4, 32, 32, 3), (4, 32, 32, 1))] * 4
     assert len(t["latency"]["all_s"]) == 3 and t["throughput"]["batch"] == 4
     assert t["throughput"]["images_per_s"] == pytest.approx(4 / t["throughput"]["median_s"])
     base = {"runtimes": ["jax"], "e2e": []}
-    inference.check_args(base)
+    inference_lib.check_args(base)
     with pytest.raises(ValueError, match="unknown runtime"):
-        inference.check_args({**base, "runtimes": ["jax", "onnx_typo"]})
+        inference_lib.check_args({**base, "runtimes": ["jax", "onnx_typo"]})
     with pytest.raises(ValueError, match="not in --runtimes"):
-        inference.check_args({**base, "e2e": ["savedmodel"]})
+        inference_lib.check_args({**base, "e2e": ["savedmodel"]})
 
 
 # ---------------------------------------------------------------------------- quality
@@ -85,7 +85,7 @@ _FAKE = {
 def test_quality_table_rows_and_values():
     runs = {"unet_l1": {"steps": 120, "cpu_s": 240.4, "wall_s": 401.2},
             "deocc": {"steps": 80, "cpu_s": 239.6, "wall_s": 250.0}}
-    table = quality.quality_table(_FAKE, runs, ["unet_l1", "deocc", "opencv_telea"])
+    table = quality_lib.quality_table(_FAKE, runs, ["unet_l1", "deocc", "opencv_telea"])
     lines = table.strip().splitlines()
     assert lines[0].startswith("| method | steps | CPU s | wall s | PSNR (dB) | SSIM |")
     assert len(lines) == 5
@@ -93,12 +93,12 @@ def test_quality_table_rows_and_values():
                         "| 0.01100 | – |")
     assert lines[3].endswith("| 21.25 | 0.7000 | 0.00750 | 0.6000 |")
     assert lines[4].startswith("| opencv_telea | – | – | – | 22.00 |")
-    assert quality.best_by(_FAKE, "masked_psnr") == "deocc"
-    assert quality.best_by(_FAKE, "masked_mse", higher=False) == "deocc"
+    assert quality_lib.best_by(_FAKE, "masked_psnr") == "deocc"
+    assert quality_lib.best_by(_FAKE, "masked_mse", higher=False) == "deocc"
 
 
 def test_variant_specs():
-    vs = quality.collect_variants(
+    vs = quality_variants.collect_variants(
         ["unet_l1", "configs/deocc.py:runlocal"],
         ["noattn=configs/deocc.py,model.generator.self_attention_stride=0,"
          "model.generator.attention_gates=False", "guided=deocc,model.mode=guided"])
@@ -110,27 +110,29 @@ def test_variant_specs():
     for bad, match in [("configs/deocc.py", "NAME=PATH"), ("a b=configs/deocc.py", "NAME=PATH"),
                        ("x=configs/deocc.py,model.mode", "not KEY=VALUE")]:
         with pytest.raises(ValueError, match=match):
-            quality.parse_variant(bad)
+            quality_variants.parse_variant(bad)
     with pytest.raises(ValueError, match="unique"):
-        quality.collect_variants(["deocc"], ["deocc=configs/deocc.py,seed=1"])
+        quality_variants.collect_variants(["deocc"], ["deocc=configs/deocc.py,seed=1"])
     with pytest.raises(ValueError, match="nothing to train"):
-        quality.collect_variants([""], [])
+        quality_variants.collect_variants([""], [])
 
 
 @pytest.mark.parametrize("schedules", ["budget", "config"])
 def test_trainer_config_as_the_trainer_parses_it(schedules):
-    v = quality.parse_variant("noattn=configs/deocc.py,model.generator.self_attention_stride=0,"
-                              "model.generator.attention_gates=False,optim.g.learning_rate=1e-3")
+    v = quality_variants.parse_variant(
+        "noattn=configs/deocc.py,model.generator.self_attention_stride=0,"
+        "model.generator.attention_gates=False,optim.g.learning_rate=1e-3")
     kw = dict(resolution=128, batch_size=8, max_steps=1000, schedules=schedules, seed=3)
-    cmd = quality.trainer_command(v, "/tmp/w", "/tmp/d", **kw)
+    cmd = quality_variants.trainer_command(v, "/tmp/w", "/tmp/d", **kw)
     assert cmd[1:4] == ["-m", "deocc_jax.train", "--config=configs/deocc.py"]
-    assert cmd[4] == "--workdir=/tmp/w" and cmd[5:] == quality.config_overrides(v, "/tmp/d", **kw)
-    c = quality.resolve_config(v.config, cmd[5:])
+    assert cmd[4] == "--workdir=/tmp/w"
+    assert cmd[5:] == quality_variants.config_overrides(v, "/tmp/d", **kw)
+    c = quality_variants.resolve_config(v.config, cmd[5:])
     assert (c.resolution, c.batch_size, c.num_train_steps, c.seed, c.data_dir) == (128, 8, 1000, 3, "/tmp/d")
     assert c.model.generator.self_attention_stride == 0 and c.model.generator.attention_gates is False
     assert c.optim.g.learning_rate == 1e-3  # the variant's own override comes last and wins
     assert c.eval_every_steps == 0 and c.log_every_steps == 1 and c.eval_face_metrics is False
-    default = quality.resolve_config("configs/deocc.py", [])
+    default = quality_variants.resolve_config("configs/deocc.py", [])
     if schedules == "budget":
         assert c.optim.g.schedule == c.optim.d.schedule == "constant"
         assert c.optim.g.warmup_steps == 0 and c.optim.ema_decay == 0.0
@@ -147,7 +149,7 @@ def test_trainer_config_as_the_trainer_parses_it(schedules):
 ])
 def test_bad_config_specs_fail_before_training(config, overrides, match):
     with pytest.raises(ValueError, match=match):
-        quality.resolve_config(config, overrides)
+        quality_variants.resolve_config(config, overrides)
 
 
 def test_process_tree_cpu_counts_threads_and_children():
@@ -169,9 +171,9 @@ def test_process_tree_cpu_counts_threads_and_children():
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)  # the grandchild's burn may still be running
         deadline = time.monotonic() + 20
-        while quality.process_tree_cpu_s(proc.pid) < 1.6 and time.monotonic() < deadline:
+        while quality_lib.process_tree_cpu_s(proc.pid) < 1.6 and time.monotonic() < deadline:
             time.sleep(0.2)
-        cpu = quality.process_tree_cpu_s(proc.pid)
+        cpu = quality_lib.process_tree_cpu_s(proc.pid)
         # 0.6 s in each thread + 0.6 s in the grandchild, + interpreter start-ups
         assert 1.6 <= cpu < 10, cpu
     finally:
@@ -179,7 +181,7 @@ def test_process_tree_cpu_counts_threads_and_children():
             os.kill(p, 9)
         proc.kill()
         proc.wait()
-    assert quality.process_tree_cpu_s(proc.pid) == 0.0  # gone
+    assert quality_lib.process_tree_cpu_s(proc.pid) == 0.0  # gone
 
 
 def _descendants(pid):
@@ -215,14 +217,14 @@ for step in range(1, 100000):
 
 def _fake_run(tmp_path, name, budget, budget_s, startup=0.3, fail=""):
     cmd = [sys.executable, "-c", _FAKE_TRAINER.format(startup=startup, fail=fail)]
-    return quality.TrainerRun(quality.Variant(name, "configs/tiny.py"), cmd,
-                              str(tmp_path / name), budget=budget, budget_s=budget_s,
-                              startup_timeout_s=30, log=lambda s: None)
+    return quality_lib.TrainerRun(quality_variants.Variant(name, "configs/tiny.py"), cmd,
+                                  str(tmp_path / name), budget=budget, budget_s=budget_s,
+                                  startup_timeout_s=30, log=lambda s: None)
 
 
 def test_trainer_runs_stop_at_their_cpu_budget_side_by_side(tmp_path):
     runs = [_fake_run(tmp_path, "a", "cpu", 0.6), _fake_run(tmp_path, "b", "cpu", 0.6, startup=1.0)]
-    quality.train_all(runs, parallel=2, poll_s=0.05)
+    quality_lib.train_all(runs, parallel=2, poll_s=0.05)
     for r in runs:
         rec = r.record
         assert rec["exit_code"] == 143 and rec["stopped_by_budget"]
@@ -237,15 +239,15 @@ def test_trainer_runs_stop_at_their_cpu_budget_side_by_side(tmp_path):
 
 def test_trainer_run_wall_budget_and_failures(tmp_path):
     run = _fake_run(tmp_path, "w", "wall", 0.4)
-    quality.train_all([run], parallel=1, poll_s=0.05)
+    quality_lib.train_all([run], parallel=1, poll_s=0.05)
     assert 0.4 <= run.record["wall_s"] < 2.0 and run.record["budget"] == "wall"
     bad = _fake_run(tmp_path, "bad", "cpu", 100, fail="sys.exit(3) if step == 3 else None")
     other = _fake_run(tmp_path, "other", "cpu", 100)
     with pytest.raises(RuntimeError, match="bad: trainer exited with code 3"):
-        quality.train_all([bad, other], parallel=2, poll_s=0.05)
+        quality_lib.train_all([bad, other], parallel=2, poll_s=0.05)
     assert other._proc.poll() is not None  # the other trainer was ended, not left running
     with pytest.raises(ValueError, match="parallel"):
-        quality.train_all([], parallel=0)
+        quality_lib.train_all([], parallel=0)
 
 
 @pytest.mark.slow
@@ -253,7 +255,7 @@ def test_quality_end_to_end_with_the_real_trainer(tmp_path_factory, faces_dir, t
     # One variant with an override, the real `deocc_jax.train` stopped by a 1 CPU-s budget, then
     # eval_lib.evaluate on the test split with the baselines.
     data = pairs_fixture.tiny_dataset(tmp_path_factory, faces_dir, splits={"train": 16, "test": 4})
-    variant = quality.parse_variant("guided=configs/tiny.py,model.mode=guided")
+    variant = quality_variants.parse_variant("guided=configs/tiny.py,model.mode=guided")
     logs = []
     # The trainer child inherits os.environ: one device (a cheaper compile than this process's
     # 8 fake ones) and the tests' compilation cache.
@@ -261,10 +263,10 @@ def test_quality_end_to_end_with_the_real_trainer(tmp_path_factory, faces_dir, t
     old = dict(os.environ)
     os.environ.update({k: env[k] for k in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "PYTHONPATH")})
     try:
-        rec = quality.run_benchmark([variant], budget="cpu", budget_s=1.0, data_dir=str(data),
-                                    work_dir=str(tmp_path), resolution=32, batch_size=8,
-                                    max_steps=10_000, schedules="budget", seed=0,
-                                    startup_timeout_s=600, eval_batch_size=8, log=logs.append)
+        rec = quality_lib.run_benchmark([variant], budget="cpu", budget_s=1.0, data_dir=str(data),
+                                        work_dir=str(tmp_path), resolution=32, batch_size=8,
+                                        max_steps=10_000, schedules="budget", seed=0,
+                                        startup_timeout_s=600, eval_batch_size=8, log=logs.append)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -278,7 +280,7 @@ def test_quality_end_to_end_with_the_real_trainer(tmp_path_factory, faces_dir, t
     m = rec["metrics"]["guided"]
     assert m["count"] == 4 and np.isfinite(m["masked_psnr"]) and m.get("mask_iou") is None
     assert rec["baselines"]["occluded_input"]["masked_psnr"] < rec["baselines"]["opencv_telea"]["masked_psnr"]
-    assert "| guided | " in quality.markdown_report(rec)
+    assert "| guided | " in quality_lib.markdown_report(rec)
     json.dumps(rec)
 
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import inference, runtimes
+from benchmarks import inference_lib, inference_report, runtimes_lib
 from deocc_jax import errors, loading
 from tests import pairs_fixture
 
@@ -104,8 +104,8 @@ def test_comparisons_are_ratios_of_the_recorded_values(result):
     rec, _, _ = result
     ref, rt = rec["models"]["ref"], rec["models"]["rt"]
     c = rec["comparisons"]["models_vs_baseline"]["rt"]
-    for key, path in inference.MODEL_FIGURES.items():
-        a, b = inference._get(rt, *path), inference._get(ref, *path)
+    for key, path in inference_report.MODEL_FIGURES.items():
+        a, b = inference_report._get(rt, *path), inference_report._get(ref, *path)
         assert c[key]["value"] == a and c[key]["baseline"] == b
         if b == 0:  # e.g. no frame dropped by the baseline
             assert c[key]["ratio"] is None, key
@@ -161,34 +161,34 @@ def test_runtime_rows_per_model_and_fresh_generator(result):
 
 
 def test_argument_errors_are_one_line(tmp_path):
-    assert inference.parse_models(["a=/x", "b = /y"]) == {"a": "/x", "b": "/y"}
+    assert inference_lib.parse_models(["a=/x", "b = /y"]) == {"a": "/x", "b": "/y"}
     for bad, match in [(["/x"], "NAME=PATH"), (["a=/x", "a=/y"], "twice"), ([], "no model")]:
         with pytest.raises(errors.InvalidInputError, match=match):
-            inference.parse_models(bad)
-    assert inference.parse_size("640x480", "clip_size") == (640, 480)
+            inference_lib.parse_models(bad)
+    assert inference_lib.parse_size("640x480", "clip_size") == (640, 480)
     with pytest.raises(errors.InvalidInputError, match="WIDTHxHEIGHT"):
-        inference.parse_size("640", "clip_size")
+        inference_lib.parse_size("640", "clip_size")
     base = {"runtimes": ["jax", "onnx"], "e2e": ["jax"]}
-    inference.check_args(base)
+    inference_lib.check_args(base)
     with pytest.raises(ValueError, match="unknown runtime"):
-        inference.check_args({**base, "runtimes": ["jax", "coreml"]})
+        inference_lib.check_args({**base, "runtimes": ["jax", "coreml"]})
     with pytest.raises(ValueError, match="not in --runtimes"):
-        inference.check_args({**base, "e2e": ["tflite_none"]})
+        inference_lib.check_args({**base, "e2e": ["tflite_none"]})
     with pytest.raises(ValueError, match="not a model file"):
-        inference.check_args({"runtimes": ["jax", "jax_xla_conv"], "e2e": ["jax_xla_conv"]})
+        inference_lib.check_args({"runtimes": ["jax", "jax_xla_conv"], "e2e": ["jax_xla_conv"]})
     args = {**base, "scratch_dir": str(tmp_path)}
     with pytest.raises(errors.InputNotFoundError, match="no such model folder"):
-        inference.run_benchmark({"a": str(tmp_path / "nope")}, args)
+        inference_lib.run_benchmark({"a": str(tmp_path / "nope")}, args)
     with pytest.raises(errors.InvalidInputError, match="--baseline=b: not one of"):
-        inference.run_benchmark({"a": str(tmp_path)}, {**args, "baseline": "b"})
+        inference_lib.run_benchmark({"a": str(tmp_path)}, {**args, "baseline": "b"})
     with pytest.raises(errors.InvalidInputError, match="--runtime_models"):
-        inference.run_benchmark({"a": str(tmp_path)}, {**args, "runtime_models": ["z"]})
+        inference_lib.run_benchmark({"a": str(tmp_path)}, {**args, "runtime_models": ["z"]})
     with pytest.raises(ValueError, match="unknown variant"):
-        runtimes.benchmark_resolution("tiny", 32, ("coreml",))
+        runtimes_lib.benchmark_resolution("tiny", 32, ("coreml",))
 
 
 def test_ratio_is_undefined_without_a_baseline():
-    assert inference.ratio(3.0, 2.0) == {"value": 3.0, "baseline": 2.0, "ratio": 1.5}
-    assert inference.ratio(3.0, 0.0)["ratio"] is None
-    assert inference.ratio(None, 2.0)["ratio"] is None
-    assert inference.ratio(float("nan"), 2.0)["ratio"] is None
+    assert inference_report.ratio(3.0, 2.0) == {"value": 3.0, "baseline": 2.0, "ratio": 1.5}
+    assert inference_report.ratio(3.0, 0.0)["ratio"] is None
+    assert inference_report.ratio(None, 2.0)["ratio"] is None
+    assert inference_report.ratio(float("nan"), 2.0)["ratio"] is None

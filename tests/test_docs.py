@@ -21,7 +21,8 @@ FLAG = re.compile(r"(?<![\w-])--([a-z][\w]*)")
 # Options Apache Beam takes on data_prep.build's command line (passed through to Beam).
 BEAM_OPTIONS = {"runner", "direct_num_workers", "direct_running_mode", "project", "region",
                 "temp_location", "staging_location", "job_name", "setup_file", "worker_machine_type",
-                "max_num_workers", "experiments", "sdk_container_image", "save_main_session"}
+                "max_num_workers", "experiments", "sdk_container_image", "save_main_session",
+                "sdk_location"}
 
 
 def _documented() -> dict[str, set[str]]:
@@ -47,7 +48,7 @@ def test_documented_flags_exist(module):
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # absl exits 1 after --helpfull
     defined = set(re.findall(r"--(?:\[no\])?([a-z]\w*)", proc.stdout + proc.stderr))
     defined |= {f"no{f}" for f in defined}
-    allowed = BEAM_OPTIONS if module == "data_prep.build" else set()
+    allowed = BEAM_OPTIONS if module in ("data_prep.build", "deocc_jax.infer_beam") else set()
     missing = sorted(DOCUMENTED[module] - defined - allowed - {"help", "helpfull"})
     assert not missing, f"the docs show flags that `python -m {module}` does not define: {missing}"
 
@@ -58,3 +59,18 @@ def test_readme_headline_table_is_generated_from_the_results():
     assert headline.rewrite(text, headline.render()) == text, (
         "README.md's headline table differs from benchmarks/results and pretrained/*/metrics: "
         "run python -m benchmarks.headline")
+
+
+def _readme_commands() -> list[str]:
+    """The set-up block's commands: its lines that are not comments."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Set up", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = _readme_commands()
+    assert len(commands) == 2, f"the README's set-up block should hold two commands, found {commands}"
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == commands[1], (
+        f".ci/run ends with {ci[-1]!r} but the README's test command is {commands[1]!r}")

@@ -11,7 +11,7 @@ import pytest
 
 from deocc_jax import infer_lib, predictors, sample_photos
 from deocc_jax.faces import FaceAnalyzer, align
-from deocc_jax.restoration import blend, frames
+from deocc_jax.restoration import blend, frames, smoothing
 from deocc_jax.io import video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ def test_video_keeps_frame_count_and_rate(quickstart_run, tmp_path):
 def test_one_euro_smoothing_removes_jitter():
     rng = np.random.default_rng(0)
     base = rng.uniform(100, 200, (478, 2)).astype(np.float32)
-    smoother = video.LandmarkSmoother(min_cutoff=1.0, beta=1.0)
+    smoother = smoothing.LandmarkSmoother(min_cutoff=1.0, beta=1.0)
     raw, smooth = [], []
     for i in range(60):
         noisy = base + rng.normal(0, 1.5, base.shape).astype(np.float32)

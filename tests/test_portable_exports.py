@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import runtimes
+from benchmarks import runtimes_lib
 from configs import tiny
 from deocc_jax import errors, models, sample_photos
 from deocc_jax.exporters import check
@@ -250,13 +250,13 @@ def test_wrong_requests_are_rejected_before_the_runtime(blind):
 
 
 def test_runtime_benchmark_rows(tmp_path):
-    """benchmarks/runtimes.py's function (what benchmarks/inference.py calls), on the tiny config."""
-    rec = runtimes.benchmark_resolution("tiny", 32, ("onnx",), latency_repeats=2,
-                                        scratch_dir=str(tmp_path), log=lambda s: None)
+    """benchmarks/runtimes_lib.py's function (what the inference benchmark calls), on tiny."""
+    rec = runtimes_lib.benchmark_resolution("tiny", 32, ("onnx",), latency_repeats=2,
+                                            scratch_dir=str(tmp_path), log=lambda s: None)
     assert rec["resolution"] == 32 and rec["generator_params"] > 0
     for name in ("jax", "onnx"):
         assert rec[name]["median_ms"] > 0 and rec[name]["repeats"] == 2
     assert rec["onnx"]["max_abs_diff_vs_jax"] <= 1 and rec["onnx"]["file_mb"] > 0
     with pytest.raises(ValueError, match="unknown variant"):
-        runtimes.benchmark_resolution("tiny", 32, ("coreml",), latency_repeats=1,
-                                      scratch_dir=str(tmp_path), log=lambda s: None)
+        runtimes_lib.benchmark_resolution("tiny", 32, ("coreml",), latency_repeats=1,
+                                          scratch_dir=str(tmp_path), log=lambda s: None)

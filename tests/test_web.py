@@ -444,6 +444,23 @@ def test_port_matches_python_geometry(page):
         assert tuple(got["roi"]) == blend.crop_roi(m, r, (240, 320))
 
 
+def test_port_applies_the_harm_gate_as_python_does(page):
+    """Small predicted-mask regions keep the input on the page as in infer and live."""
+    r = 128
+    mask = np.zeros((r, r), np.float32)
+    mask[70:110, 30:100] = 0.9          # an occluder: kept
+    mask[10:14, 10:14] = 0.8            # specks below MIN_COMPONENT_FRAC: gated
+    mask[20:23, 100:126] = 0.7
+    mask[50, 50] = mask[51, 51] = 0.9   # diagonal neighbours: one 8-connected region
+    got = page.evaluate("""([mask, r]) => {
+      const b = window.deocc.blend;
+      return Array.from(b.blendAlphaCrop(Float32Array.from(mask), r, b.MIN_COMPONENT_FRAC));
+    }""", [mask.ravel().tolist(), r])
+    want = blend.blend_alpha_crop(mask, r, blend.MIN_COMPONENT_FRAC)
+    np.testing.assert_allclose(np.asarray(got).reshape(r, r), want, rtol=0, atol=1e-6)
+    assert want[12, 12] == 0 and want[90, 60] > 0.999   # the gate acted, the occluder stayed
+
+
 # (shift, size) of `_synthetic_face`: the crop well inside the photo (a plain
 # warp); its corner 0.1 px inside the left edge (padded path: the blur that
 # hides the seam starts inside the photo, no fill); 18 px past the left edge

@@ -26,7 +26,6 @@ import contextlib
 import importlib.metadata
 import json
 import logging
-import os
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deocc_jax.exporters import check
-from deocc_jax.io import portable
+from deocc_jax.io import atomic, portable
 from deocc_jax.io.onnx_runner import OnnxRunner
 
 # The oldest opset jax2onnx 0.17.1 writes valid graphs for (at 17 it emits ReduceMean with
@@ -123,7 +122,8 @@ def export_onnx(predict_fn: PredictFn, variables: Any, path: str, *, resolution:
         on `conv_impl`).
       variables: the model's variables (a pytree of arrays); they become the
         graph's initializers.
-      path: the .onnx file to write (replaced atomically if it exists).
+      path: the .onnx file to write (it appears complete or not at all; an
+        existing file is refused, see `io.atomic`).
       resolution: the square face-crop size R the model takes.
       guided: whether the model takes the occluder mask as a second input.
       metadata: extra JSON-able facts (mode, step, config...) stored with the
@@ -162,10 +162,8 @@ def export_onnx(predict_fn: PredictFn, variables: Any, path: str, *, resolution:
                         portable.OUTPUT_MASK: f"float32 [{BATCH_DIM}, {r}, {r}, 1] in [0, 1]"},
             **(metadata or {})}
     _set_metadata(model, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    onnx.save_model(model, tmp)  # one file: the generator's weights are far below protobuf's 2 GB
-    os.replace(tmp, path)
+    with atomic.atomic_file(path) as f:
+        onnx.save_model(model, f)  # one file: the generator's weights are far below protobuf's 2 GB
     return path
 
 
@@ -192,9 +190,8 @@ def write_metadata(path: str, meta: Mapping[str, Any]) -> None:
 
     model = onnx.load_model(path)
     _set_metadata(model, meta)
-    tmp = path + ".tmp"
-    onnx.save_model(model, tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_file(path, overwrite=True) as f:  # the same file, with new metadata
+        onnx.save_model(model, f)
 
 
 def verify_onnx(path: str, reference_fn: Callable[..., Mapping[str, Any]], images: np.ndarray,

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from deocc_jax import errors
 from deocc_jax.io.saved_model_runner import SIGNATURE_KEY, write_metadata
 
 # (variables, images, masks or None) -> {"deoccluded": uint8 [B,H,W,3], "mask": float32 [B,H,W,1]}.
@@ -113,8 +114,8 @@ def export_saved_model(predict_fn: PredictFn, variables: Any, output_dir: str, *
         SIGNATURE_KEY, input_signature=specs, tf_preprocessor=preprocess,
         tf_postprocessor=lambda out: {"deoccluded": out["deoccluded"], "mask": out["mask"]})])
     path = os.path.join(output_dir, str(int(version)))
-    if os.path.exists(path):
-        raise FileExistsError(f"{path} already exists; pass another --version or remove it")
+    if os.path.lexists(path):
+        raise errors.OutputExistsError(f"{path}: exists; pass another version or remove it")
     manager.save(path)
     meta = {"resolution": int(resolution), "guided": bool(guided), "version": int(version),
             "signature": SIGNATURE_KEY, "platforms": list(platforms), **(metadata or {})}

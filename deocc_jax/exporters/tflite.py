@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import shutil
 import tempfile
 from typing import Any, Callable, Mapping
@@ -39,7 +38,7 @@ import numpy as np
 
 from deocc_jax import metrics
 from deocc_jax.exporters import check
-from deocc_jax.io import portable
+from deocc_jax.io import atomic, portable
 from deocc_jax.io.tflite_runner import SIGNATURE_KEY, TfliteRunner, read_tflite_metadata
 
 QUANTIZE_MODES = ("none", "float16", "dynamic_int8")
@@ -70,7 +69,8 @@ def export_tflite(predict_fn: PredictFn, variables: Any, path: str, *, resolutio
         `functools.partial(models.predict, config)` (prefer `conv_impl="xla_conv"`:
         its convolutions become CONV_2D ops).
       variables: the model's variables (a pytree of arrays).
-      path: the .tflite file to write (replaced atomically if it exists).
+      path: the .tflite file to write (it appears complete or not at all; an
+        existing file is refused, see `io.atomic`).
       resolution: the square face-crop size R the model takes.
       guided: whether the model takes the occluder mask as a second input.
       quantize: one of QUANTIZE_MODES.
@@ -129,7 +129,7 @@ def export_tflite(predict_fn: PredictFn, variables: Any, path: str, *, resolutio
             "outputs": {portable.OUTPUT_IMAGES: f"uint8 [{b}, {r}, {r}, 3]",
                         portable.OUTPUT_MASK: f"float32 [{b}, {r}, {r}, 1] in [0, 1]"},
             **(metadata or {})}
-    _write(path, _with_metadata(flatbuffer, meta))
+    atomic.write_bytes(path, _with_metadata(flatbuffer, meta))
     return path
 
 
@@ -153,14 +153,6 @@ def _with_metadata(flatbuffer: bytes, meta: Mapping[str, Any]) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def read_metadata(path: str) -> dict[str, Any]:
     """The deocc metadata of a .tflite file."""
     return portable.parse_metadata(path, read_tflite_metadata(path), "TFLite model")
@@ -170,7 +162,7 @@ def write_metadata(path: str, meta: Mapping[str, Any]) -> None:
     """Replaces the deocc metadata of a .tflite file (e.g. to add the self-check results)."""
     with open(path, "rb") as f:
         data = f.read()
-    _write(path, _with_metadata(data, meta))
+    atomic.write_bytes(path, _with_metadata(data, meta), overwrite=True)  # the same file, new metadata
 
 
 class _Recorder:

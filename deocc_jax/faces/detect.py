@@ -8,6 +8,13 @@ model and starts a thread pool) and close it when done, e.g.
 
 `FaceAnalyzer(blendshapes=True)` also returns MediaPipe's 52 ARKit-style
 blendshape scores per face (`Face.blendshapes`, ordered as `BLENDSHAPE_NAMES`).
+
+Faces are found in two stages. The landmarker runs on the whole image first;
+its own short-range detector misses small, turned and covered faces (masks,
+scarves, hands: the faces a de-occluder exists for). Then the full-range
+BlazeFace (`faces.blazeface`) looks for faces it did not cover, and each is
+landmarked on an upright crop and kept only if the landmarks fit a face
+(`faces.cascade`). `find` also says why an image yielded no face.
 """
 
 from __future__ import annotations
@@ -17,7 +24,16 @@ import dataclasses
 import numpy as np
 
 from deocc_jax import assets
+from deocc_jax.faces import blazeface, cascade, mesh
 
+LANDMARKER = "landmarker"
+FULL_RANGE = "full_range"
+# Video: the full-range pass runs at most once every this many frames (and the
+# faces it added are followed from frame to frame by the landmark model alone),
+# so a stream keeps its frame rate.
+FULL_RANGE_EVERY = 5
+# A face the full-range stage added stays tracked while its presence is this high.
+MIN_TRACK_PRESENCE = 0.5
 NUM_LANDMARKS = 478
 # MediaPipe's blendshape categories in index order (face_landmarker.task v1).
 # "_neutral" is a placeholder that the model scores 0; the other 51 are expressions.
@@ -45,10 +61,12 @@ class Face:
       bbox: float32 [4], (x0, y0, x1, y1) of the landmarks in image pixels.
       blendshapes: float32 [52] scores in [0, 1] ordered as `BLENDSHAPE_NAMES`,
         or None when the analyzer was made without `blendshapes=True`.
+      source: the stage that found it: LANDMARKER or FULL_RANGE.
     """
     landmarks: np.ndarray
     bbox: np.ndarray
     blendshapes: np.ndarray | None = None
+    source: str = LANDMARKER
 
     @property
     def width(self) -> float:
@@ -83,6 +101,45 @@ def _blendshape_scores(categories) -> np.ndarray:
     return scores
 
 
+@dataclasses.dataclass(frozen=True)
+class FaceSearch:
+    """The faces of one image and, when there are none, why.
+
+    Attributes:
+      faces: the faces found (at least `min_face_px`), landmarker's first.
+      too_small: boxes (x0, y0, x1, y1) of faces found below `min_face_px`.
+      rejected: faces turned away as not a face: full-range detections whose
+        landmarks did not fit a face, and (photos) landmarker faces that the
+        full-range detector does not confirm.
+      detected: faces the detectors found, before the size and face checks.
+    """
+    faces: list[Face]
+    too_small: list[np.ndarray]
+    rejected: int
+    detected: int
+
+    @property
+    def reason(self) -> str | None:
+        """None when a face was found; else "none detected", "detections rejected
+        as not a face" or "all below --min_face_px" (cascade's phrases)."""
+        if self.faces:
+            return None
+        if self.too_small:
+            return cascade.TOO_SMALL
+        return cascade.REJECTED if self.rejected else cascade.NONE_DETECTED
+
+
+def _face(landmarks: np.ndarray, blendshapes=None, source: str = LANDMARKER) -> Face:
+    pts = np.asarray(landmarks, np.float32)
+    bbox = np.concatenate([pts.min(0), pts.max(0)]).astype(np.float32)
+    return Face(landmarks=pts, bbox=bbox, blendshapes=blendshapes, source=source)
+
+
+def face_size(face: Face) -> float:
+    """A face's size as `min_face_px` measures it: its landmark box's longer side."""
+    return max(face.width, face.height)
+
+
 def faces_from_result(result, width: int, height: int) -> list[Face]:
     """Converts a FaceLandmarkerResult (normalised coords) into pixel-space Faces.
 
@@ -99,7 +156,7 @@ def faces_from_result(result, width: int, height: int) -> list[Face]:
 
 
 class FaceAnalyzer:
-    """MediaPipe FaceLandmarker in IMAGE or VIDEO mode; a context manager.
+    """Faces and their 478 landmarks in IMAGE or VIDEO mode; a context manager.
 
     Args:
       mode: "image" (independent photos, `detect`) or "video" (frames with
@@ -110,18 +167,45 @@ class FaceAnalyzer:
       model_path: explicit face_landmarker.task; else `assets.resolve_model`.
       blendshapes: also compute the 52 blendshape scores of each face
         (`Face.blendshapes`); off by default since few callers need them.
+      full_range: add the full-range stage (module docstring); off means the
+        landmarker alone.
+      min_face_px: faces whose box's longer side (pixels) is below this are
+        reported in `FaceSearch.too_small` instead of returned.
+      full_range_model: explicit face_detection_full_range.tflite.
+      full_range_every: video mode: the most frames between two full-range
+        passes.
     """
 
     def __init__(self, mode: str = "image", num_faces: int = 1, min_confidence: float = 0.3,
-                 model_path: str | None = None, blendshapes: bool = False):
+                 model_path: str | None = None, blendshapes: bool = False, *,
+                 full_range: bool = True, min_face_px: float = cascade.DEFAULT_MIN_FACE_PX,
+                 full_range_model: str | None = None, full_range_every: int = FULL_RANGE_EVERY):
         # MediaPipe loads models and threads: only where faces are found.
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core import base_options
 
         if mode not in ("image", "video"):
             raise ValueError(f"mode must be 'image' or 'video', got {mode!r}")
+        if min_face_px < 0:
+            raise ValueError(f"min_face_px must be >= 0, got {min_face_px}")
+        if full_range_every < 1:
+            raise ValueError(f"full_range_every must be >= 1, got {full_range_every}")
         self.mode = mode
         self.blendshapes = bool(blendshapes)
+        self.num_faces = int(num_faces)
+        self.min_face_px = float(min_face_px)
+        self.full_range_every = int(full_range_every)
+        self._detector = self._mesh = None
+        if full_range:
+            # Photos are also searched in tiles for faces down to min_face_px;
+            # a stream gets one whole-frame pass (faces from 1/16 of the frame's
+            # longer side: 40 px at 640x480), which keeps it at frame rate.
+            self._detector = blazeface.FullRangeDetector(
+                full_range_model, min_score=cascade.CONFIRM_SCORE,
+                min_face_px=self.min_face_px if mode == "image" else 0)
+            self._mesh = mesh.FaceMesh(model_path, blendshapes=self.blendshapes)
+        self._tracked: list[np.ndarray] = []   # video: faces the full-range stage added
+        self._since_full_range = self.full_range_every  # video: run it on the first frame
         path = assets.resolve_model("face_landmarker.task", model_path)
         options = vision.FaceLandmarkerOptions(
             base_options=base_options.BaseOptions(model_asset_path=path),
@@ -134,23 +218,91 @@ class FaceAnalyzer:
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        """Faces in one uint8 RGB image (IMAGE mode), in MediaPipe's order."""
-        if self.mode != "image":
-            raise RuntimeError("detect() needs mode='image'; use detect_video() in video mode")
-        result = self._landmarker.detect(_as_srgb(image_rgb))
-        return faces_from_result(result, image_rgb.shape[1], image_rgb.shape[0])
+        """Faces in one uint8 RGB image (IMAGE mode), landmarker's first."""
+        return self.find(image_rgb).faces
 
     def detect_video(self, image_rgb: np.ndarray, timestamp_ms: int) -> list[Face]:
         """Faces in one video frame; timestamps must increase between calls."""
+        return self.find_video(image_rgb, timestamp_ms).faces
+
+    def find(self, image_rgb: np.ndarray) -> FaceSearch:
+        """The faces of one uint8 RGB image (IMAGE mode), or why there are none."""
+        if self.mode != "image":
+            raise RuntimeError("find() needs mode='image'; use find_video() in video mode")
+        result = self._landmarker.detect(_as_srgb(image_rgb))
+        first = faces_from_result(result, image_rgb.shape[1], image_rgb.shape[0])
+        return self._second_stage(image_rgb, first, run_detector=True)
+
+    def find_video(self, image_rgb: np.ndarray, timestamp_ms: int) -> FaceSearch:
+        """`find` for one video frame; timestamps must increase between calls.
+
+        Faces the full-range stage added are followed with the landmark model
+        on the region of their last landmarks (as MediaPipe tracks its own);
+        the detector itself runs at most every `full_range_every` frames.
+        """
         if self.mode != "video":
-            raise RuntimeError("detect_video() needs mode='video'")
+            raise RuntimeError("find_video() needs mode='video'")
         result = self._landmarker.detect_for_video(_as_srgb(image_rgb), int(timestamp_ms))
-        return faces_from_result(result, image_rgb.shape[1], image_rgb.shape[0])
+        first = faces_from_result(result, image_rgb.shape[1], image_rgb.shape[0])
+        if self._mesh is not None and self._tracked:
+            boxes = [f.bbox for f in first]
+            for prev in self._tracked:
+                if len(first) >= self.num_faces:
+                    break
+                r = self._mesh.run(image_rgb, mesh.roi_from_landmarks(prev))
+                box = cascade.landmark_box(r.landmarks)
+                if r.presence < MIN_TRACK_PRESENCE or any(
+                        blazeface.box_iou(box, b[None])[0] > cascade.SAME_FACE_IOU for b in boxes):
+                    continue
+                first.append(self._cascade_face(r.landmarks))
+                boxes.append(box)
+        self._since_full_range += 1
+        due = self._since_full_range >= self.full_range_every
+        if due:
+            self._since_full_range = 0
+        search = self._second_stage(image_rgb, first, run_detector=due)
+        self._tracked = [f.landmarks for f in search.faces if f.source == FULL_RANGE]
+        return search
+
+    def _cascade_face(self, landmarks: np.ndarray) -> Face:
+        shapes = self._mesh.blendshapes(landmarks) if self.blendshapes else None
+        return _face(landmarks, shapes, FULL_RANGE)
+
+    def _second_stage(self, image_rgb: np.ndarray, first: list[Face], run_detector: bool
+                      ) -> FaceSearch:
+        """Adds the full-range stage's faces to `first`, then applies `min_face_px`."""
+        detected, rejected = len(first), 0
+        faces = list(first)
+        if self._detector is not None and run_detector:
+            detections = self._detector.detect(image_rgb)
+            if self.mode == "image":
+                # Photos only: in a stream the landmarker's faces are tracked
+                # between full-range passes and must not blink in and out.
+                faces = [f for f in first if cascade.keep_landmarker_face(
+                    image_rgb, f.landmarks, detections, self._detector)]
+                rejected = len(first) - len(faces)
+        if self._detector is not None and run_detector and len(faces) < self.num_faces:
+            found = cascade.search(image_rgb, detections,
+                                   [f.landmarks for f in first], self._mesh, self._detector,
+                                   max_new=self.num_faces - len(faces), min_face_px=self.min_face_px)
+            rejected += found.rejected
+            faces += [self._cascade_face(lm) for lm in found.landmarks]
+            detected += found.detected
+            too_small = list(found.too_small)
+        else:
+            too_small = []
+        kept = [f for f in faces if face_size(f) >= self.min_face_px]
+        too_small += [f.bbox for f in faces if face_size(f) < self.min_face_px]
+        return FaceSearch(faces=kept, too_small=too_small, rejected=rejected, detected=detected)
 
     def close(self) -> None:
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
+        for part in (self._detector, self._mesh):
+            if part is not None:
+                part.close()
+        self._detector = self._mesh = None
 
     def __enter__(self) -> "FaceAnalyzer":
         return self

@@ -16,15 +16,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from deocc_jax import errors
+from deocc_jax.io import atomic
 
 SIGNATURE_KEY = "serving_default"
 METADATA_FILE = os.path.join("assets.extra", "deocc_export.json")
 
 
 def write_metadata(model_dir: str, meta: Mapping[str, Any]) -> None:
-    os.makedirs(os.path.join(model_dir, "assets.extra"), exist_ok=True)
-    with open(os.path.join(model_dir, METADATA_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    """Writes (or rewrites: the self-check adds its results) an export's deocc metadata."""
+    atomic.write_text(os.path.join(model_dir, METADATA_FILE),
+                      json.dumps(meta, indent=2, sort_keys=True), overwrite=True)
 
 
 def read_metadata(model_dir: str) -> dict[str, Any]:

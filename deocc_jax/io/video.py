@@ -1,9 +1,9 @@
-"""Video files and cameras in and out, keeping timing and audio; landmark smoothing; stage timers.
+"""Video files and cameras in and out, keeping timing and audio.
 
 Reading:
   * files are decoded with PyAV (FFmpeg): every frame comes with its own
     presentation time, so variable-frame-rate sources keep their timing, and a
-    file that ends early is noticed (`VideoReader.truncation`, issue 10 #7);
+    file that ends early is noticed (`VideoReader.truncation`);
     phone videos are turned upright by their rotation metadata.
   * cameras go through OpenCV, read by a background thread with timeouts: a
     camera index that does not exist, a camera that is busy and one that stops
@@ -26,8 +26,7 @@ How `infer` keeps audio (one argument):
             writer.write(process(frame.rgb), time_s=frame.time_s)
     if reader.truncation: log(reader.truncation)
 
-`frames()` (index, timestamp_ms, rgb) and `write(rgb)` without a time keep the
-old API working: such a file is written at a constant `fps`.
+`write(rgb)` without a time writes a file at a constant `fps`.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ import cv2
 import numpy as np
 
 from deocc_jax import errors
+from deocc_jax.io import atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 # Containers VideoWriter can put H.264 (and copied audio) in.
@@ -411,18 +411,6 @@ class VideoReader:
             bgr = None
             index += 1
 
-    def frames(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Yields (index, timestamp_ms, uint8 RGB frame) until the source ends.
-
-        Timestamps are strictly increasing milliseconds (MediaPipe's VIDEO mode
-        requires that).
-        """
-        last = -1
-        for f in self.timed_frames():
-            ms = max(int(round(f.time_s * 1000.0)), last + 1)
-            last = ms
-            yield f.index, ms, f.rgb
-
     @property
     def truncation(self) -> str | None:
         """One line when fewer frames were decoded than the file declares, else None.
@@ -501,7 +489,8 @@ class VideoWriter:
 
     The file appears under `path` only when `close()` succeeds (and only if a
     frame was written); leaving the context through an exception other than
-    KeyboardInterrupt removes the partial file.
+    KeyboardInterrupt removes the partial file. An existing `path` is
+    replaced only with `overwrite` (`io.atomic`'s writer policy).
 
     Args:
       path: output file; the container comes from its extension (.mp4, .m4v,
@@ -514,21 +503,24 @@ class VideoWriter:
         `VideoInfo.time_base` to keep its timestamps exactly); default 1/fps
         for frames without times, else 1/90000.
       crf, preset: libx264 quality and speed.
+      overwrite: replace an existing `path` (once the new file is complete).
 
     Raises:
       errors.InvalidInputError: an extension H.264 cannot be written in.
+      errors.OutputExistsError: `path` exists and not `overwrite`.
     """
 
     def __init__(self, path: str, fps: float, width: int, height: int, *,
                  audio_from: str | None = None, time_base: fractions.Fraction | None = None,
-                 crf: int = H264_CRF, preset: str = H264_PRESET):
+                 crf: int = H264_CRF, preset: str = H264_PRESET, overwrite: bool = False):
         av = _av()
-        stem, ext = os.path.splitext(path)
+        ext = os.path.splitext(path)[1]
         if ext.lower() not in WRITABLE_EXTENSIONS:
             raise errors.InvalidInputError(
                 f"cannot write video {path!r}: use one of {', '.join(WRITABLE_EXTENSIONS)}")
         if fps <= 0 or width <= 0 or height <= 0:
             raise errors.InvalidInputError(f"cannot write video {path!r}: {width}x{height} at {fps} fps")
+        atomic.refuse_existing(path, overwrite=overwrite)
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -537,7 +529,8 @@ class VideoWriter:
         self.path = path
         self.size = (width, height)
         self.fps = fps
-        self._tmp = os.path.join(folder, f".{os.path.basename(stem)}.partial-{os.getpid()}{ext}")
+        self._overwrite = overwrite
+        self._tmp = atomic.temp_sibling(path)
         rate = fractions.Fraction(fps).limit_denominator(1001 * 1000)
         self._rate = rate
         self._time_base = time_base
@@ -619,7 +612,12 @@ class VideoWriter:
         except Exception:
             self._discard()
             raise
-        os.replace(self._tmp, self.path)
+        try:
+            atomic.publish_file(self._tmp, self.path, replace=self._overwrite)
+        except errors.OutputExistsError:
+            raise errors.OutputExistsError(
+                f"{self.path}: appeared while the video was being written; the finished video "
+                f"was kept as {self._tmp}") from None
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -654,132 +652,3 @@ def probe(path: str) -> VideoInfo:
     with VideoReader(path) as reader:
         n = sum(1 for _ in reader.timed_frames())
         return dataclasses.replace(reader.info, frame_count=n)
-
-
-class OneEuroFilter:
-    """One-euro low-pass filter (Casiez et al., CHI 2012) over a numpy array.
-
-    Smooths strongly when the signal is slow (kills landmark jitter on a still
-    face) and lightly when it moves fast (no lag on head turns). Values should
-    be pixels; pass the face size as `scale` so that the defaults hold for
-    small and large faces alike.
-
-    Args:
-      min_cutoff: cutoff frequency (Hz) at zero speed; lower = smoother.
-      beta: how fast the cutoff rises with speed; higher = less lag.
-      d_cutoff: cutoff (Hz) of the speed estimate.
-    """
-
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 1.0, d_cutoff: float = 1.0):
-        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
-        self._x = None
-        self._dx = None
-        self._t = None
-
-    @staticmethod
-    def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
-        tau = 1.0 / (2.0 * math.pi * cutoff)
-        return 1.0 / (1.0 + tau / dt)
-
-    def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
-        """Filtered value of sample `x` taken at time `t` seconds.
-
-        `scale` divides the speed before it raises the cutoff, so `beta` can be
-        given in scale-free units (e.g. face sizes per second).
-        """
-        x = np.asarray(x, np.float64)
-        if self._x is None or t <= self._t:
-            self._x, self._dx, self._t = x, np.zeros_like(x), t
-            return x.copy()
-        dt = t - self._t
-        dx = (x - self._x) / dt
-        a_d = self._alpha(self.d_cutoff, dt)
-        self._dx = a_d * dx + (1 - a_d) * self._dx
-        cutoff = self.min_cutoff + self.beta * np.abs(self._dx) / scale
-        a = self._alpha(cutoff, dt)
-        self._x = a * x + (1 - a) * self._x
-        self._t = t
-        return self._x.copy()
-
-
-def match_tracks(centres: list[np.ndarray], scales: list[float], previous: list[np.ndarray]
-                 ) -> list[int | None]:
-    """Matches faces to previous tracks by the nearest centre (within half a face size).
-
-    Args:
-      centres: [2] centre of each current face.
-      scales: size of each current face (pixels).
-      previous: [2] centre of each previous track.
-
-    Returns:
-      For each face, the index of its track in `previous`, or None for a new
-      face. Each track is used at most once (first come, first served).
-    """
-    free = list(range(len(previous)))
-    out: list[int | None] = []
-    for centre, scale in zip(centres, scales):
-        best = min(free, key=lambda i: np.linalg.norm(previous[i] - centre), default=None)
-        if best is not None and np.linalg.norm(previous[best] - centre) < 0.5 * scale:
-            free.remove(best)
-            out.append(best)
-        else:
-            out.append(None)
-    return out
-
-
-class LandmarkSmoother:
-    """Keeps one one-euro filter per tracked face across video frames.
-
-    Faces are matched to the previous frame's by the nearest landmark centre
-    (within half a face size); an unmatched face starts a new track, and tracks
-    not seen in a frame are dropped.
-    """
-
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 1.0):
-        self.min_cutoff, self.beta = min_cutoff, beta
-        self._tracks: list[tuple[np.ndarray, OneEuroFilter]] = []  # (centre, filter)
-
-    def __call__(self, landmarks: list[np.ndarray], t: float) -> list[np.ndarray]:
-        """Smoothed copies of each face's [N, 2] pixel landmarks at time `t` s."""
-        centres = [lm.mean(0) for lm in landmarks]
-        scales = [float(np.ptp(lm, axis=0).max()) or 1.0 for lm in landmarks]
-        matches = match_tracks(centres, scales, [c for c, _ in self._tracks])
-        out, new_tracks = [], []
-        for lm, centre, scale, m in zip(landmarks, centres, scales, matches):
-            filt = self._tracks[m][1] if m is not None else OneEuroFilter(self.min_cutoff, self.beta)
-            # Speeds are measured in face sizes per second, so the filter's
-            # parameters do not depend on how large the face is in pixels.
-            out.append(filt(lm, t, scale).astype(np.float32))
-            new_tracks.append((centre, filt))
-        self._tracks = new_tracks
-        return out
-
-
-class StageTimer:
-    """Accumulates wall time per named stage (detect, align, model, blend...); thread-safe."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = time.perf_counter() - start
-            with self._lock:
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
-                self.calls[stage] = self.calls.get(stage, 0) + 1
-
-    def per_frame_ms(self, frames: int) -> dict[str, float]:
-        """Milliseconds per frame of each stage over `frames` frames."""
-        with self._lock:
-            return {k: 1000.0 * v / max(frames, 1) for k, v in self.seconds.items()}
-
-    def per_call_ms(self) -> dict[str, float]:
-        """Mean milliseconds of one call of each stage."""
-        with self._lock:
-            return {k: 1000.0 * v / self.calls[k] for k, v in self.seconds.items()}

@@ -6,13 +6,14 @@ long as it runs; its contents say who holds it:
     {"host": "gpu-7", "pid": 4242, "started": "2026-11-25T18:02:11+00:00", "command": "..."}
 
 A second trainer on the same workdir finds the `flock` taken and refuses with
-one line naming the holder. A trainer that was SIGKILLed cannot remove the
-file, so the next one finds the file but no `flock`: a *stale* lock. Whether
-that run is really gone is certain on the same host (its `flock` would still
-be held, whatever its pid has become), so the message says so; it cannot be
-known for a holder on another host sharing the folder (NFS may not pass locks
-on). Either way the new trainer refuses until told `break_lock=True`
-(`--break_lock`): taking over a workdir is a decision, not a default.
+one line naming the holder. A trainer that was SIGKILLed (a preempted VM)
+cannot remove the file, so the next one finds the file but no `flock`: a
+*stale* lock. On the same host that is proof that its holder has ended (its
+`flock` would still be held, whatever its pid has become), so the new trainer
+takes the workdir over with one log line naming the old holder: restarting
+the same command after a preemption just resumes. A holder on another host
+sharing the folder may still be alive (NFS may not pass locks on), so such a
+lock is refused until told `break_lock=True` (`--break_lock`).
 
 Workdirs on object stores (gs://...) cannot be locked; `WorkdirLock` logs a
 warning there and does nothing.
@@ -79,15 +80,15 @@ class WorkdirLock:
 
     Args:
       workdir: the experiment folder (created if missing).
-      break_lock: take over a stale lock, or one held from another host,
-        instead of refusing. A lock held by a running process on this host is
-        never broken.
+      break_lock: take over a lock written from another host instead of
+        refusing (a stale lock written on this host is taken over anyway). A
+        lock held by a running process on this host is never broken.
       enabled: False makes this a no-op (processes other than 0 of a
         multi-host run: process 0 locks for all).
 
     Raises (from `acquire`):
-      WorkdirLockedError: another trainer holds it, or it is stale and
-        `break_lock` is False.
+      WorkdirLockedError: another trainer holds it, or it was written from
+        another host and `break_lock` is False.
     """
 
     def __init__(self, workdir: str, *, break_lock: bool = False, enabled: bool = True):
@@ -162,11 +163,15 @@ class WorkdirLock:
         else:
             detail = (f"{self.path} is held by {describe(holder)}, which cannot be checked from "
                       f"host {socket.gethostname()}")
-        if not self.break_lock:
+        if here:
+            # The free flock is the proof: nothing can still be writing here.
+            logging.warning("%s: taking the workdir over", detail)
+        elif not self.break_lock:
             raise WorkdirLockedError(
                 f"--workdir {self.workdir}: {detail}; if no other trainer uses this workdir, "
                 f"pass {BREAK_FLAG} to take it over")
-        logging.warning("%s: taking it over (%s)", detail, BREAK_FLAG)
+        else:
+            logging.warning("%s: taking it over (%s)", detail, BREAK_FLAG)
         self.previous = holder
 
     def release(self) -> None:

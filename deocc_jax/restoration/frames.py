@@ -24,7 +24,7 @@ import numpy as np
 
 from deocc_jax import errors
 from deocc_jax.faces import align
-from deocc_jax.io import video as video_io
+from deocc_jax.io import timing
 from deocc_jax.restoration import blend
 from deocc_jax.restoration.stabilize import TemporalStabilizer
 
@@ -160,7 +160,8 @@ def blend_faces(image: np.ndarray, faces: FaceCrops, out: ModelOutput,
     result, weights = image, np.zeros((h, w), np.float32)
     r = faces.crops.shape[1]
     for M, rgb, mask in zip(faces.matrices, restored, masks):
-        result, alpha = blend.paste_face(result, rgb, blend.blend_alpha_crop(mask, r), M)
+        alpha_crop = blend.blend_alpha_crop(mask, r, blend.MIN_COMPONENT_FRAC)  # the harm gate
+        result, alpha = blend.paste_face(result, rgb, alpha_crop, M)
         weights = np.maximum(weights, alpha)
     return result, weights
 
@@ -188,7 +189,7 @@ class Restored:
 def restore_frame(image: np.ndarray, landmarks: list[np.ndarray], model, *,
                   stabilizer: TemporalStabilizer | None = None, time_s: float = 0.0,
                   guide: GuideMask | None = None,
-                  timer: video_io.StageTimer | None = None) -> Restored:
+                  timer: timing.StageTimer | None = None) -> Restored:
     """Restores every face of one image: `align_faces`, `run_model`, `blend_faces`.
 
     Args:
@@ -200,7 +201,7 @@ def restore_frame(image: np.ndarray, landmarks: list[np.ndarray], model, *,
       guide: the occluder mask, for guided models.
       timer: receives "align", "model" and "blend" times.
     """
-    timer = timer or video_io.StageTimer()
+    timer = timer or timing.StageTimer()
     with timer("align"):
         faces = align_faces(image, landmarks, model.resolution, guide)
     with timer("model"):

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from deocc_jax.faces import align
-from deocc_jax.io import video as video_io
+from deocc_jax.restoration import smoothing
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ class TemporalStabilizer:
         centres = [align.transform_landmarks(np.array([[r / 2, r / 2]]), m)[0] for m in inv]
         scales = [r / max(align.matrix_scale(m), 1e-6) for m in matrices]
         live = [t for t in self._tracks if time_s - t.time_s <= self.options.max_gap_s]
-        matches = video_io.match_tracks(centres, scales, [t.centre for t in live])
+        matches = smoothing.match_tracks(centres, scales, [t.centre for t in live])
         out_rgb = np.empty((n, r, r, 3), np.uint8)
         out_mask = np.empty((n, r, r), np.float32)
         tracks = []

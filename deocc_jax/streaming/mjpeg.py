@@ -11,6 +11,12 @@ Each client gets the newest frame whenever it is ready for one: a slow client
 skips frames, it never makes the pipeline wait or a queue grow. A frame is
 JPEG-encoded once, by the first client thread that needs it, never on the
 pipeline's threads. The server listens on 127.0.0.1 unless told otherwise.
+
+A stream never goes quiet for long: when no new frame comes for
+`REPEAT_AFTER_S` (the model still loading, a camera that stalls) the newest
+one is sent again, so clients with a read timeout keep the connection. Such
+parts, and a placeholder published before the first real frame, carry an
+`X-Deocc-Frame: repeat` or `starting` header; `read_stream` skips them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import http.client
 import http.server
 import json
 import socketserver
+import sys
 import threading
 import time
 import urllib.parse
@@ -32,6 +39,8 @@ from deocc_jax import errors
 
 BOUNDARY = "deoccframe"
 JPEG_QUALITY = 85
+REPEAT_AFTER_S = 1.0
+FRAME_HEADER = "X-Deocc-Frame"
 _PAGE = (b"<!doctype html><title>deocc live</title>"
          b"<body style='margin:0;background:#111'>"
          b"<img src='/stream.mjpg' style='max-width:100%;display:block;margin:auto'></body>")
@@ -78,14 +87,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         owner._client(+1)
         seq = 0
+        sent = time.monotonic()
         try:
             while not owner.closed:
-                seq, jpeg = owner.jpeg_after(seq, timeout_s=0.5)
+                new, jpeg = owner.jpeg_after(seq, timeout_s=0.25)
                 if jpeg is None:
-                    continue
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                    if not seq or time.monotonic() - sent < owner.repeat_after_s:
+                        continue
+                    new, jpeg = owner.jpeg_after(seq - 1, timeout_s=0)  # the newest again
+                    if jpeg is None:
+                        continue
+                kind = "starting" if new == owner.placeholder_seq else "repeat" if new == seq else None
+                seq = new
+                extra = f"{FRAME_HEADER}: {kind}\r\n" if kind else ""
+                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n{extra}"
                                  f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
                 self.wfile.flush()
+                sent = time.monotonic()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client went away
         finally:
@@ -96,6 +114,12 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: "MJPEGServer"
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up (mid-snapshot, mid-page) is not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def read_stream(url: str, max_frames: int | None = None, max_seconds: float = 10.0,
@@ -109,8 +133,10 @@ def read_stream(url: str, max_frames: int | None = None, max_seconds: float = 10
       timeout_s: socket timeout.
 
     Returns:
-      {"content_type", "jpegs": [bytes...], "frames", "seconds", "fps"}: fps
-      counts frames after the first (the rate the client actually received).
+      {"content_type", "jpegs": [bytes...], "frames", "seconds", "fps",
+      "placeholders"}: fps counts frames after the first (the rate the client
+      actually received); "starting" and "repeat" parts are not frames, only
+      counted in "placeholders".
     """
     parsed = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout_s)
@@ -122,6 +148,7 @@ def read_stream(url: str, max_frames: int | None = None, max_seconds: float = 10
             raise IOError(f"{url}: HTTP {resp.status}, Content-Type {ctype!r}: not an MJPEG stream")
         marker = b"--" + ctype.split("boundary=", 1)[1].strip().encode()
         jpegs, times = [], []
+        placeholders = 0
         start = time.monotonic()
         while time.monotonic() - start < max_seconds and (max_frames is None or len(jpegs) < max_frames):
             line = resp.fp.readline()
@@ -133,13 +160,17 @@ def read_stream(url: str, max_frames: int | None = None, max_seconds: float = 10
             while (h := resp.fp.readline().strip()):
                 k, v = h.decode("latin-1").split(":", 1)
                 headers[k.strip().lower()] = v.strip()
-            jpegs.append(resp.fp.read(int(headers["content-length"])))
+            jpeg = resp.fp.read(int(headers["content-length"]))
+            if FRAME_HEADER.lower() in headers:
+                placeholders += 1
+                continue
+            jpegs.append(jpeg)
             times.append(time.monotonic())
     finally:
         conn.close()
     span = times[-1] - times[0] if len(times) > 1 else 0.0
     return {"content_type": ctype, "jpegs": jpegs, "frames": len(jpegs), "seconds": span,
-            "fps": (len(jpegs) - 1) / span if span > 0 else 0.0}
+            "fps": (len(jpegs) - 1) / span if span > 0 else 0.0, "placeholders": placeholders}
 
 
 class MJPEGServer:
@@ -150,13 +181,15 @@ class MJPEGServer:
       bind: address to listen on; "127.0.0.1" keeps the stream on this machine.
       stats: a callable returning the run's counters for /stats.
       quality: JPEG quality (1-100).
+      repeat_after_s: send the newest frame again after this long without a new one.
 
     Raises:
       errors.InvalidInputError: the port is taken or the address is not local.
     """
 
     def __init__(self, port: int, bind: str = "127.0.0.1",
-                 stats: Callable[[], dict[str, Any]] | None = None, quality: int = JPEG_QUALITY):
+                 stats: Callable[[], dict[str, Any]] | None = None, quality: int = JPEG_QUALITY,
+                 repeat_after_s: float = REPEAT_AFTER_S):
         try:
             self._server = _Server((bind, port), _Handler)
         except OSError as e:
@@ -168,6 +201,8 @@ class MJPEGServer:
         self.bind = bind
         self.port = self._server.server_address[1]
         self.quality = quality
+        self.repeat_after_s = repeat_after_s
+        self.placeholder_seq = -1  # the sequence number of a `placeholder=True` frame
         self._stats = stats or (lambda: {})
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
@@ -200,12 +235,21 @@ class MJPEGServer:
     def stats(self) -> dict[str, Any]:
         return self._stats()
 
-    def publish(self, rgb: np.ndarray) -> None:
-        """Makes `rgb` (uint8 [H, W, 3]) the newest frame; cheap (no encoding here)."""
+    def publish(self, rgb: np.ndarray, placeholder: bool = False) -> None:
+        """Makes `rgb` (uint8 [H, W, 3]) the newest frame; cheap (no encoding here).
+
+        Args:
+          rgb: the frame.
+          placeholder: not a video frame (a "starting" picture shown until the
+            first one); sent marked as such.
+        """
         with self._cond:
             self._frame = rgb
             self._seq += 1
-            self.frames_published += 1
+            if placeholder:
+                self.placeholder_seq = self._seq
+            else:
+                self.frames_published += 1
             self._cond.notify_all()
 
     def jpeg_after(self, seq: int, timeout_s: float) -> tuple[int, bytes | None]:

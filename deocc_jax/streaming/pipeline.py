@@ -113,11 +113,14 @@ class LivePipeline:
         self._errors: list[BaseException] = []
         self._ready = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._warm = False
 
     # ------------------------------------------------------------------ control
 
-    def start(self) -> None:
-        """Warms the model up, starts the stage threads, then capture."""
+    def warm_up(self) -> None:
+        """Calls the model once per face count of `warmup_faces` (compiles it); idempotent."""
+        if self._warm:
+            return
         r = self.model.resolution
         for n in self.options.warmup_faces:
             crops = np.zeros((n, r, r, 3), np.uint8)
@@ -125,6 +128,11 @@ class LivePipeline:
                 self.model(crops, np.zeros((n, r, r, 1), np.uint8))
             else:
                 self.model(crops)
+        self._warm = True
+
+    def start(self) -> None:
+        """Warms the model up (unless `warm_up` did), starts the stage threads, then capture."""
+        self.warm_up()
         for name, target in (("detect", self._detect_loop), ("model", self._model_loop),
                              ("output", self._output_loop)):
             self._spawn(name, target)

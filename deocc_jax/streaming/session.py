@@ -17,9 +17,10 @@ import time
 from typing import Any, Callable
 
 import cv2
+import numpy as np
 
 from deocc_jax import errors, infer_lib, predictors
-from deocc_jax.io import progress
+from deocc_jax.io import atomic, progress
 from deocc_jax.io import video as video_io
 from deocc_jax.streaming import sinks as sinks_lib
 from deocc_jax.restoration import frames as restore
@@ -107,6 +108,17 @@ def open_model(opts: LiveOptions):
     return predictors.open_predictor(opts.model, opts.checkpoint, default=predictors.DEFAULT_LIVE_MODEL)
 
 
+def starting_frame(width: int, height: int) -> np.ndarray:
+    """What the stream shows until the first restored frame (the model loads and compiles)."""
+    frame = np.full((height, width, 3), 24, np.uint8)
+    scale = max(0.4, width / 640)
+    text = "deocc: starting..."
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+    cv2.putText(frame, text, ((width - tw) // 2, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                scale, (200, 200, 200), 2, cv2.LINE_AA)
+    return frame
+
+
 class _Reporter:
     """Running figures on demand (SIGUSR1, the "s" key) and every `every_s` seconds."""
 
@@ -144,19 +156,44 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
       on_start: called with {"stream_url", "virtual_camera"...} once outputs are
         open and frames flow (tests use it to connect a client).
 
+    SIGTERM and SIGINT (`errors.StopSignals`, on the main thread) end the run
+    as the source's end would, once the call in progress returns (a model
+    warm-up is not cut short): the recording is closed as a playable video of
+    the frames done so far, the report written, and then `errors.Interrupted`
+    raised, saying what was kept.
+
     Returns:
       The report: the final LiveStats snapshot plus "input", "source_fps",
-      "mode", "outputs", "truncation" (or None) and "model".
+      "mode", "outputs", "truncation" (or None), "model" and
+      "stopped_by_signal" (None, or "SIGTERM" / "SIGINT" in the report file).
 
     Raises:
       errors.UserError: bad input, an unusable output, a camera that fails.
+      errors.Interrupted: SIGTERM or SIGINT stopped the run (after the above).
     """
     if not any((opts.output, opts.serve is not None, opts.virtual_camera, opts.window)):
         raise errors.InvalidInputError(
             "nothing to output: pass --virtual_camera, --serve=PORT, --window and/or --output=FILE")
     _check_output(opts)
+    if opts.report_path:  # checked now: the report is written after a whole run
+        atomic.plan_outputs([("the report", opts.report_path)]
+                            + ([("the recording", opts.output)] if opts.output else []),
+                            [] if video_io.is_camera(opts.input) else [opts.input],
+                            overwrite=opts.overwrite, flag="--report")
     if opts.window:
         _check_window()
+    with errors.StopSignals() as signals:
+        report = _run(opts, signals, model=model, log=log, tracker_factory=tracker_factory,
+                      on_start=on_start)
+    if report["stopped_by_signal"]:
+        kept = (f"kept {report['file_frames_written']} frames in {opts.output}"
+                if report.get("file_frames_written") else "no frame was recorded")
+        raise signals.interrupted(f"{kept}; {report['frames_out']} frames came out in all")
+    return report
+
+
+def _run(opts: LiveOptions, signals: errors.StopSignals, *, model, log: Callable[[str], None],
+         tracker_factory, on_start) -> dict[str, Any]:
     stop = threading.Event()
     source = sources.open_source(opts.input, realtime=opts.realtime, stop=stop, **opts.camera_timeouts)
     sinks: list[Any] = []
@@ -164,28 +201,32 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
     ok = False
     try:
         info = source.info
-        model = model if model is not None else open_model(opts)
-        guide = restore.GuideMask(opts.mask, (info.height, info.width)) if opts.mask else None
-        restore.check_model(model, None if guide is None else guide.path)  # before any output is opened
         stats = stats_lib.LiveStats()
         started: dict[str, Any] = {}
+        if opts.serve is not None:
+            # Before the model loads and compiles (seconds): a viewer connecting now gets
+            # a "starting" frame at once, repeated until the first restored one.
+            server = mjpeg.MJPEGServer(opts.serve, opts.bind, stats=stats.snapshot)
+            server.publish(starting_frame(info.width, info.height), placeholder=True)
+            sinks.append(sinks_lib.MJPEGSink(server))
+            started["stream_url"] = server.url
+            where = "" if opts.bind in ("127.0.0.1", "localhost", "::1") else \
+                f" (listening on {opts.bind}: reachable from other machines)"
+            log(f"MJPEG stream: {server.url}{where}")
+        model = model if model is not None else open_model(opts)
+        guide = restore.GuideMask(opts.mask, (info.height, info.width)) if opts.mask else None
+        restore.check_model(model, None if guide is None else guide.path)  # before any file is opened
         if opts.virtual_camera:
             cam = VirtualCamera(info.width, info.height, info.fps, backend=opts.virtual_camera,
                                 device=opts.virtual_camera_device)
             sinks.append(sinks_lib.VirtualCameraSink(cam))
             started["virtual_camera"] = f"{cam.device} ({cam.backend})"
             log(f"virtual camera: {cam.device} ({cam.backend} backend)")
-        if opts.serve is not None:
-            server = mjpeg.MJPEGServer(opts.serve, opts.bind, stats=stats.snapshot)
-            sinks.append(sinks_lib.MJPEGSink(server))
-            started["stream_url"] = server.url
-            where = "" if opts.bind in ("127.0.0.1", "localhost", "::1") else \
-                f" (listening on {opts.bind}: reachable from other machines)"
-            log(f"MJPEG stream: {server.url}{where}")
         if opts.output:
             audio = None if source.is_camera or not info.audio_streams else opts.input
             sinks.append(sinks_lib.FileSink(opts.output, info, audio_from=audio,
-                                            lossless=not source.realtime))
+                                            lossless=not source.realtime,
+                                            overwrite=opts.overwrite))
         lossless = not source.realtime
         pipe = LivePipeline(source, model, sinks, PipelineOptions(
             lossless=lossless, tracker=opts.tracker, stabilizer=opts.stabilizer,
@@ -195,16 +236,20 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
         mode = "camera" if source.is_camera else ("file in real time" if opts.realtime else "file")
         log(f"live: {opts.input} ({mode}, {info.width}x{info.height} at {info.fps:.2f} fps) with "
             f"{model.description}")
-        pipe.start()
-        reporter = _Reporter(stats, opts.report_every_s, log)
-        if on_start is not None:
-            on_start(started)
-        total = info.frame_count if not source.is_camera else None
-        if opts.max_frames is not None and total is not None:
-            total = min(total, opts.max_frames)
-        stopped_by_user = _main_loop(pipe, stats, reporter, opts, total,
-                                     desc=os.path.basename(opts.input) if not source.is_camera
-                                     else f"camera {opts.input}")
+        if not signals.requested:
+            pipe.warm_up()
+        stopped_by_user = signals.requested
+        if not stopped_by_user:  # a signal during the warm-up ends the run before capture
+            pipe.start()
+            reporter = _Reporter(stats, opts.report_every_s, log)
+            if on_start is not None:
+                on_start(started)
+            total = info.frame_count if not source.is_camera else None
+            if opts.max_frames is not None and total is not None:
+                total = min(total, opts.max_frames)
+            stopped_by_user = _main_loop(pipe, stats, reporter, opts, total, signals,
+                                         desc=os.path.basename(opts.input) if not source.is_camera
+                                         else f"camera {opts.input}")
         snap = pipe.join()
         ok = True
     except video_io.CameraError:
@@ -222,9 +267,10 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
         source.close()
         if opts.window:
             cv2.destroyAllWindows()
+    by_signal = signals.name or None
     report = {"input": opts.input, "mode": mode, "source_fps": info.fps, "model": model.description,
-              "stopped_by_user": stopped_by_user, "truncation": source.truncation,
-              "outputs": {**started, "file": opts.output}, **snap}
+              "stopped_by_user": stopped_by_user, "stopped_by_signal": by_signal,
+              "truncation": source.truncation, "outputs": {**started, "file": opts.output}, **snap}
     file_sink = next((k for k in sinks if isinstance(k, sinks_lib.FileSink)), None)
     if file_sink is not None:
         report["file_frames_written"] = file_sink.frames_written
@@ -239,23 +285,27 @@ def run(opts: LiveOptions, *, model=None, log: Callable[[str], None] = print,
         log(f"wrote {opts.output}" if snap["frames_out"] else
             f"no frame came out: {opts.output} was not written")
     if opts.report_path:
-        with open(opts.report_path, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+        atomic.write_text(opts.report_path, json.dumps(report, indent=2, default=str),
+                          overwrite=opts.overwrite)
     return report
 
 
 def _main_loop(pipe: LivePipeline, stats: stats_lib.LiveStats, reporter: _Reporter,
-               opts: LiveOptions, total: int | None, desc: str) -> bool:
+               opts: LiveOptions, total: int | None, signals: errors.StopSignals,
+               desc: str) -> bool:
     """Shows the window, updates the progress bar and reports until the pipeline ends.
 
     Returns:
-      Whether the user stopped the run (q / Esc / Ctrl-C).
+      Whether the user stopped the run (q / Esc, SIGINT / SIGTERM).
     """
     bar = progress.bar(total, desc, quiet=opts.quiet or total is None)
     shown = 0
     stopped = False
     try:
         while pipe.running():
+            if signals.requested and not stopped:
+                stopped = True
+                pipe.stop()
             if opts.window:
                 try:
                     frame, restored = pipe.display_slot.get(timeout_s=0.05)
@@ -278,9 +328,6 @@ def _main_loop(pipe: LivePipeline, stats: stats_lib.LiveStats, reporter: _Report
                 snap_out, dropped = stats.frames_out, sum(stats.dropped.values())
                 bar.set_postfix_str(f"out {snap_out}, dropped {dropped}", refresh=False)
             reporter.poll()
-    except KeyboardInterrupt:
-        stopped = True
-        pipe.stop()
     finally:
         bar.close()
     return stopped

@@ -32,15 +32,17 @@ class FileSink:
       lossless: wait for the encoder rather than skip a frame (files processed
         in full). In real time, a frame that finds a second's worth of frames
         still waiting for the encoder is not recorded, and counted in `dropped`.
+      overwrite: replace an existing `path` (`--overwrite`).
     """
 
     def __init__(self, path: str, info: video_io.VideoInfo, audio_from: str | None = None,
-                 lossless: bool = True):
+                 lossless: bool = True, overwrite: bool = False):
         self.path = path
         self.lossless = lossless
         self.dropped = 0
         self._writer = video_io.VideoWriter(path, info.fps, info.width, info.height,
-                                            audio_from=audio_from, time_base=info.time_base)
+                                            audio_from=audio_from, time_base=info.time_base,
+                                            overwrite=overwrite)
         self._queue: queue.Queue = queue.Queue(maxsize=max(4, int(round(info.fps))))
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._encode, name="live-file", daemon=True)

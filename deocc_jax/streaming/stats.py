@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deocc_jax.io import video as video_io
+from deocc_jax.io import timing
 
 # Recent latencies kept for the running p50/p95 (about 10 s at 30 fps).
 RECENT = 300
@@ -36,7 +36,7 @@ class LiveStats:
         self._first_out: float | None = None
         self._last_out: float | None = None
         # Times one call of a stage ("detect", "model"...); snapshots report the mean.
-        self.stage = video_io.StageTimer()
+        self.stage = timing.StageTimer()
 
     def frame_in(self, n: int = 1) -> None:
         """Counts `n` frames that entered (including ones skipped at the source)."""

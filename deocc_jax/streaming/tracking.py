@@ -30,7 +30,8 @@ import numpy as np
 
 from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer
-from deocc_jax.io import video as video_io
+from deocc_jax.io import timing
+from deocc_jax.restoration import smoothing
 
 METHODS = ("mediapipe", "flow")
 # Landmarks followed by optical flow: every 4th of the 478 points covers the
@@ -85,9 +86,9 @@ class LandmarkTracker:
         self._analyzer = FaceAnalyzer(mode="video", num_faces=options.max_faces,
                                       min_confidence=options.min_confidence,
                                       model_path=options.landmarker_model)
-        self._smoother = (video_io.LandmarkSmoother(options.min_cutoff, options.beta)
+        self._smoother = (smoothing.LandmarkSmoother(options.min_cutoff, options.beta)
                           if options.smoothing else None)
-        self._last_ms = -1
+        self._to_ms = timing.MonotonicMs()
         self._since_detect = 0
         self._force_detect = True
         self._prev_gray: np.ndarray | None = None
@@ -98,8 +99,7 @@ class LandmarkTracker:
     def __call__(self, rgb: np.ndarray, time_s: float) -> list[np.ndarray]:
         """Landmarks of every face in `rgb` (uint8 [H, W, 3]) taken at `time_s` seconds."""
         self.frames += 1
-        ms = max(int(round(time_s * 1000.0)), self._last_ms + 1)
-        self._last_ms = ms
+        ms = self._to_ms(time_s)
         if self.options.method == "mediapipe":
             faces = [f.landmarks for f in self._analyzer.detect_video(rgb, ms)]
             self.keyframes += 1

@@ -9,6 +9,44 @@ export const MASK_THRESHOLD = 0.5;
 export const DILATE_FRAC = 0.03;
 export const FEATHER_FRAC = 0.015;
 export const MIN_ALPHA = 1.0 / 512.0;
+export const MIN_COMPONENT_FRAC = 0.015;
+
+/**
+ * blend.gate_mask: the harm gate. `hard` (0/1, R*R) without its 8-connected
+ * regions smaller than `minComponentFrac` of the crop (returns a new array).
+ */
+export function gateMask(hard, r, minComponentFrac = MIN_COMPONENT_FRAC) {
+  if (minComponentFrac <= 0) return hard;
+  const out = new Uint8Array(hard.length);
+  const seen = new Uint8Array(hard.length);
+  const stack = new Int32Array(hard.length);
+  const minArea = minComponentFrac * hard.length;
+  for (let start = 0; start < hard.length; start++) {
+    if (!hard[start] || seen[start]) continue;
+    // Flood one region, remembering its pixels in `stack`.
+    let top = 0, n = 0;
+    stack[top++] = start;
+    seen[start] = 1;
+    const members = [];
+    while (top > 0) {
+      const i = stack[--top];
+      members.push(i);
+      n++;
+      const y = Math.floor(i / r), x = i - y * r;
+      for (let dy = -1; dy <= 1; dy++) {
+        for (let dx = -1; dx <= 1; dx++) {
+          const yy = y + dy, xx = x + dx;
+          if ((dy || dx) && yy >= 0 && yy < r && xx >= 0 && xx < r) {
+            const j = yy * r + xx;
+            if (hard[j] && !seen[j]) { seen[j] = 1; stack[top++] = j; }
+          }
+        }
+      }
+    }
+    if (n >= minArea) for (const i of members) out[i] = 1;
+  }
+  return out;
+}
 
 /**
  * blend.blend_alpha_crop: feathered blend weights in crop space.
@@ -19,12 +57,14 @@ export const MIN_ALPHA = 1.0 / 512.0;
  *
  * @param {Float32Array} mask R*R occlusion probability.
  * @param {number} resolution R.
+ * @param {number} minComponentFrac the harm gate (gateMask); 0: none.
  * @returns {Float32Array} R*R weights in [0, 1].
  */
-export function blendAlphaCrop(mask, resolution) {
+export function blendAlphaCrop(mask, resolution, minComponentFrac = 0) {
   const r = resolution;
-  const hard = new Uint8Array(r * r);
+  let hard = new Uint8Array(r * r);
   for (let i = 0; i < r * r; i++) hard[i] = mask[i] > MASK_THRESHOLD ? 1 : 0;
+  hard = gateMask(hard, r, minComponentFrac);
   // Python computes these in float64 from float32-free constants.
   const sigma = Math.max(FEATHER_FRAC * r, 0.5);
   const grow = Math.max(1, roundHalfEven(DILATE_FRAC * r + 2 * sigma));

@@ -3,7 +3,7 @@
 // deocc_jax.restoration.frames.restore_frame (without temporal stabilisation).
 
 import { alignmentMatrix, paddedCrop } from "./geometry.js";
-import { blendAlphaCrop, pasteFace } from "./blend.js";
+import { blendAlphaCrop, MIN_COMPONENT_FRAC, pasteFace } from "./blend.js";
 
 /** RGBA bytes (canvas ImageData) -> RGB bytes. */
 export function rgbaToRgb(rgba, width, height) {
@@ -63,7 +63,7 @@ export async function restoreFaces(rgb, width, height, faces, resolution, runMod
   let blended = 0;
   for (let i = 0; i < n; i++) {
     // Faces are pasted one after the other, each onto the previous result.
-    const alpha = blendAlphaCrop(mask.subarray(i * r * r, (i + 1) * r * r), r);
+    const alpha = blendAlphaCrop(mask.subarray(i * r * r, (i + 1) * r * r), r, MIN_COMPONENT_FRAC);
     const restored = deoccluded.subarray(i * r * r * 3, (i + 1) * r * r * 3);
     blended += pasteFace(out, width, height, restored, alpha, matrices[i], r);
   }
