@@ -160,7 +160,7 @@ def prepare_dataset(data_dir: str, *, photos_dir: str = DEFAULT_PHOTOS, max_phot
             return info
         log(f"{data_dir} holds another data set the benchmark built ({info['resolution']} px, "
             f"{info.get('variants_per_face')} variants, {info.get('images')}); rebuilding")
-    from data_prep.build import build_dataset
+    from data_prep.build_lib import build_dataset
 
     photos = os.path.join(os.path.dirname(os.path.abspath(data_dir)),
                           os.path.basename(os.path.normpath(data_dir)) + "_photos")

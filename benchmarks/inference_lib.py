@@ -305,7 +305,7 @@ def run_benchmark(model_paths: dict[str, str], args: dict[str, Any],
                                       f"{args['clip_frames']}.mp4")
     live_clip = clips_lib.make_clip(photos[0], frames=args["clip_frames"], size=(w, h),
                                     fps=args["clip_fps"], landmarker_model=landmarker)
-    clips_lib.write_clip(live_clip, clip_path)
+    clips_lib.write_clip(live_clip, clip_path, overwrite=True)  # the benchmark's own scratch clip
     clip_info = {"path": clip_path, "photo": os.path.basename(photos[0]), "size": [w, h],
                  "fps": args["clip_fps"], "frames": args["clip_frames"], "faces": 1,
                  "motion": live_clip.motion}

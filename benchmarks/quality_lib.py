@@ -318,7 +318,8 @@ def run_benchmark(variants: Sequence[Variant], *, budget: str, budget_s: float, 
                                    compare=[r.workdir for r in runs], include_baselines=True,
                                    batch_size=eval_batch_size, max_examples=max_eval_examples,
                                    output=os.path.join(work_dir, "eval", "metrics.json"),
-                                   face_metrics=fm, log=log)
+                                   face_metrics=fm, log=log,
+                                   overwrite=True)  # the benchmark's own scratch work_dir
     finally:
         if fm is not None:
             fm.close()

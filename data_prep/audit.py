@@ -18,21 +18,21 @@ from typing import Sequence
 
 from absl import flags
 
-from data_prep import audit_lib, build
+from data_prep import audit_lib, prep_flags
 from deocc_jax import errors
 
 # The same flags as data_prep.build (this binary reads the ones that make a PrepConfig).
-build.define_flags()
+_PREP = prep_flags.define_prep_flags()
+prep_flags.define_output_flags()
 _WORKERS = flags.DEFINE_integer("workers", 1, "Processes (each loads its own landmarker).")
 
 
 def main(argv: Sequence[str]) -> None:
-    f = flags.FLAGS
-    if not f.input:
+    if not _PREP.input.value:
         raise errors.InvalidInputError("--input is required")
     del argv
-    config = build.make_config(**{n: f[n].value for n in build._CONFIG_FLAGS})
-    inputs = [i.strip() for i in f.input.split(",") if i.strip()]
+    config = _PREP.make_config()
+    inputs = [i.strip() for i in _PREP.input.value.split(",") if i.strip()]
     if _WORKERS.value < 1:
         raise errors.InvalidInputError(f"--workers: must be >= 1, got {_WORKERS.value}")
     json.dump(audit_lib.audit(inputs, config, _WORKERS.value), sys.stdout, indent=2)

@@ -1,7 +1,7 @@
 """Which photos data prep would accept, and why not, without building a dataset.
 
 The library of `python -m data_prep.audit`: `audit` runs the pipeline's first stage
-(`pipeline.AlignFacesFn`) on every photo and counts, per input folder, the faces and the
+(`alignment.AlignFacesFn`) on every photo and counts, per input folder, the faces and the
 reasons for rejection, with the accept rate at other `max_padding` values, the padding and
 head-pose distributions and the near-duplicate pairs.
 """
@@ -17,18 +17,18 @@ from typing import Any, Sequence
 import apache_beam as beam
 import numpy as np
 
-from data_prep import pipeline, sources
+from data_prep import alignment, plan, sources
 from data_prep.config import PrepConfig
 from deocc_jax.faces import landmarks as L
 
 PADDING_STEPS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 
-_fn: pipeline.AlignFacesFn | None = None
+_fn: alignment.AlignFacesFn | None = None
 
 
 def _start(config: PrepConfig) -> None:
     global _fn
-    _fn = pipeline.AlignFacesFn(config)
+    _fn = alignment.AlignFacesFn(config)
     _fn.setup()
 
 
@@ -36,9 +36,9 @@ def _one(source: sources.Source) -> dict[str, Any]:
     """The outcome for one photo: its reason, or its largest face's padding and pose."""
     for out in _fn.process(source):
         if isinstance(out, beam.pvalue.TaggedOutput):
-            if out.tag == pipeline.AlignFacesFn.REJECTED:
+            if out.tag == alignment.AlignFacesFn.REJECTED:
                 return {"id": source.source_id, "reason": out.value[2], "detail": out.value[3]}
-        elif isinstance(out, pipeline.AlignedFace):
+        elif isinstance(out, alignment.AlignedFace):
             pose = L.head_pose(out.landmarks, _fn.canonical)
             return {"id": source.source_id, "padding": out.padding_fraction,
                     "yaw": pose.yaw, "pitch": pose.pitch, "error": pose.error,
@@ -72,15 +72,15 @@ def audit(inputs: Sequence[str], config: PrepConfig, workers: int = 1) -> dict[s
                               "photos_per_second": round(len(found) / max(seconds, 1e-9), 2),
                               "inputs": {}}
     faces = [r for r in results if "descriptor" in r]
-    pairs = (pipeline.near_duplicate_pairs(np.stack([r["descriptor"] for r in faces]),
-                                           config.near_duplicates)
+    pairs = (plan.near_duplicate_pairs(np.stack([r["descriptor"] for r in faces]),
+                                       config.near_duplicates)
              if faces and config.near_duplicates > 0 else [])
-    groups = pipeline.merge_groups([r["id"] for r in faces], [r["id"] for r in faces], pairs)
+    groups = plan.merge_groups([r["id"] for r in faces], [r["id"] for r in faces], pairs)
     sizes = collections.Counter(groups.values())
     def source(i: int) -> str:
         return next((p for p in prefixes if p and faces[i]["id"].startswith(p)), "") or "input"
 
-    low = (pipeline.near_duplicate_pairs(np.stack([r["descriptor"] for r in faces]), 0.9)
+    low = (plan.near_duplicate_pairs(np.stack([r["descriptor"] for r in faces]), 0.9)
            if faces else [])
     descriptors = np.stack([r["descriptor"] for r in faces]).astype(np.float32) if faces else None
 
@@ -105,7 +105,7 @@ def audit(inputs: Sequence[str], config: PrepConfig, workers: int = 1) -> dict[s
         reasons = collections.Counter(r["reason"] for r in mine if "reason" in r)
         over = int((padding > config.max_padding).sum())
         if over:
-            reasons[pipeline.INSUFFICIENT_CONTEXT] += over
+            reasons[alignment.INSUFFICIENT_CONTEXT] += over
         accepted = len(padding) - over
         q = (0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
         yaw = np.abs([r["yaw"] for r in mine if "yaw" in r])
@@ -122,7 +122,7 @@ def audit(inputs: Sequence[str], config: PrepConfig, workers: int = 1) -> dict[s
             if len(yaw) else {},
             "examples": {reason: [r["id"] for r in mine if r.get("reason") == reason][:3]
                          + ([r["id"] for r in mine if r.get("padding", 0) > config.max_padding][:3]
-                            if reason == pipeline.INSUFFICIENT_CONTEXT else [])
+                            if reason == alignment.INSUFFICIENT_CONTEXT else [])
                          for reason in sorted(reasons)},
         }
     return report

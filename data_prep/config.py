@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Any
 
 from data_prep import synth
 from deocc_jax import errors
@@ -184,3 +185,41 @@ def validate(c: PrepConfig) -> None:
         synth.validate_weights(dict(c.category_weights))
     except ValueError as e:
         bad("category_weights", str(e))
+
+
+def make_config(**overrides: Any) -> PrepConfig:
+    """PrepConfig from keyword overrides, accepting the flags' string forms.
+
+    `splits` and `category_weights` may be the strings the flags take
+    ("train=0.9,...", "face_mask=3,..."), `jpeg_quality` "LOW,HIGH".
+
+    Raises:
+      errors.InvalidInputError: an unknown field or a bad value (named).
+    """
+    names = {f.name for f in dataclasses.fields(PrepConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise errors.InvalidInputError(f"unknown data-prep option(s) {unknown}; known: {sorted(names)}")
+    o = {k: v for k, v in overrides.items() if v is not None or k in (
+        "occluders_dir", "group_by", "clean_dir", "landmarker_model")}
+    if isinstance(o.get("splits"), str):
+        o["splits"] = parse_splits(o["splits"])
+    if "category_weights" in o:
+        w = o["category_weights"]
+        try:
+            w = synth.parse_weights(w) if isinstance(w, str) or w is None else dict(w)
+        except ValueError as e:
+            raise errors.InvalidInputError(f"--category_weights: {e}") from None
+        o["category_weights"] = tuple(sorted(w.items()))
+    if isinstance(o.get("jpeg_quality"), str):
+        try:
+            lo, hi = (int(x) for x in o["jpeg_quality"].split(","))
+        except ValueError:
+            raise errors.InvalidInputError(
+                f"--jpeg_quality: expected LOW,HIGH such as 50,95, got {o['jpeg_quality']!r}") from None
+        o["jpeg_quality"] = (lo, hi)
+    if "jpeg_quality" in o:
+        o["jpeg_quality"] = tuple(int(x) for x in o["jpeg_quality"])
+    c = PrepConfig(**o)
+    validate(c)
+    return c

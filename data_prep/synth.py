@@ -13,7 +13,7 @@ Occluders are made to look like part of the photo rather than pasted on
 colour cast of the photo, the face's own shading measured on its skin), its
 sharpness (blurred to the face's measured blur) and its sensor noise (the
 face's measured noise), and optionally one JPEG round trip shared by clean and
-occluded. Placement follows the head's roll, yaw and pitch (occluders.py).
+occluded. Placement follows the head's roll, yaw and pitch (geometry.py, occluders.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import hashlib
 import cv2
 import numpy as np
 
-from data_prep import occluders as occ
+from data_prep import mask_styles, occluders as occ, procedural
+from data_prep.geometry import FaceGeometry, Layer, fill_polygons, stroke
 from deocc_jax.faces import landmarks as L
 
 # Relative weight of each category when a variant draws its occluder.
@@ -81,7 +82,7 @@ class SynthConfig:
       jpeg_prob: probability of one JPEG round trip shared by clean and occluded.
       jpeg_quality: (lowest, highest) quality of that round trip.
       mask_style_prob: probability that a face mask (image or procedural) is
-        printed and/or recoloured as people wear them (`occ.draw_mask_style`:
+        printed and/or recoloured as people wear them (`mask_styles.draw_mask_style`:
         dots, stripes, checks, camouflage, text; dark or saturated cloth);
         0 draws nothing, so pairs are those of a build without styles.
     """
@@ -104,7 +105,7 @@ class Synthesis:
     occluder: str         # image relpath or "procedural:<category>"
     clean: np.ndarray | None = None     # uint8 [H, W, 3]
     jpeg_quality: int | None = None
-    style: str | None = None            # `occ.MaskStyle.kind` of a restyled face mask
+    style: str | None = None            # `mask_styles.MaskStyle.kind` of a restyled face mask
 
     @property
     def kind(self) -> str:
@@ -124,23 +125,23 @@ def available_categories(library: occ.OccluderLibrary | None,
     cats, w = [], []
     for c in occ.ALL_CATEGORIES:
         has_image = library is not None and bool(library.by_category.get(c))
-        if weights.get(c, 0) > 0 and (has_image or c in occ.PROCEDURAL_CATEGORIES):
+        if weights.get(c, 0) > 0 and (has_image or c in procedural.PROCEDURAL_CATEGORIES):
             cats.append(c)
             w.append(weights[c])
     if not cats:
         raise ValueError(f"no occluder category is available with weights {weights} "
-                         f"(procedural ones: {list(occ.PROCEDURAL_CATEGORIES)})")
+                         f"(procedural ones: {list(procedural.PROCEDURAL_CATEGORIES)})")
     w = np.asarray(w, np.float64)
     return cats, w / w.sum()
 
 
-def _render(category: str, geo: occ.FaceGeometry, rng: np.random.Generator,
-            library: occ.OccluderLibrary | None, image_share: float) -> tuple[occ.Layer, str]:
+def _render(category: str, geo: FaceGeometry, rng: np.random.Generator,
+            library: occ.OccluderLibrary | None, image_share: float) -> tuple[Layer, str]:
     has_image = library is not None and bool(library.by_category.get(category))
-    use_image = has_image and (category not in occ.PROCEDURAL_CATEGORIES or rng.random() < image_share)
+    use_image = has_image and (category not in procedural.PROCEDURAL_CATEGORIES or rng.random() < image_share)
     if use_image:
         return occ.render_image(library, category, geo, rng)
-    return occ.render_procedural(category, geo, rng), f"procedural:{category}"
+    return procedural.render_procedural(category, geo, rng), f"procedural:{category}"
 
 
 # ----------------------------------------------------------------------------
@@ -150,14 +151,14 @@ def _render(category: str, geo: occ.FaceGeometry, rng: np.random.Generator,
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def skin_mask(geo: occ.FaceGeometry) -> np.ndarray:
+def skin_mask(geo: FaceGeometry) -> np.ndarray:
     """float32 [R, R] 0/1: inside the face oval, without eyes, brows and lips."""
     res = geo.res
-    skin = occ.fill_polygons(res, [geo.lm[list(L.FACE_OVAL)]])
-    holes = occ.fill_polygons(res, [geo.lm[list(L.LEFT_EYE_CONTOUR)], geo.lm[list(L.RIGHT_EYE_CONTOUR)],
-                                    geo.lm[list(L.LIPS_OUTER)]])
-    brows = np.maximum(occ.stroke(res, geo.lm[list(L.LEFT_BROW)], 0.04 * geo.face_width),
-                       occ.stroke(res, geo.lm[list(L.RIGHT_BROW)], 0.04 * geo.face_width))
+    skin = fill_polygons(res, [geo.lm[list(L.FACE_OVAL)]])
+    holes = fill_polygons(res, [geo.lm[list(L.LEFT_EYE_CONTOUR)], geo.lm[list(L.RIGHT_EYE_CONTOUR)],
+                                geo.lm[list(L.LIPS_OUTER)]])
+    brows = np.maximum(stroke(res, geo.lm[list(L.LEFT_BROW)], 0.04 * geo.face_width),
+                       stroke(res, geo.lm[list(L.RIGHT_BROW)], 0.04 * geo.face_width))
     k = max(3, int(round(0.03 * geo.face_width)) | 1)
     holes = cv2.dilate(np.maximum(holes, brows), np.ones((k, k), np.uint8))
     return ((skin > 0.5) & (holes < 0.5)).astype(np.float32)
@@ -224,7 +225,7 @@ class PhotoStats:
     noise: float
 
 
-def photo_stats(clean: np.ndarray, geo: occ.FaceGeometry) -> PhotoStats:
+def photo_stats(clean: np.ndarray, geo: FaceGeometry) -> PhotoStats:
     """Measures light, shading, sharpness and noise of an aligned face crop."""
     f = clean.astype(np.float32) / 255.0
     lum = f @ _LUMA
@@ -250,12 +251,12 @@ def photo_stats(clean: np.ndarray, geo: occ.FaceGeometry) -> PhotoStats:
         light=float(np.quantile(lum, 0.95)),
         shading=shading,
         light_side=(right - left) / max(level, 1e-3),
-        blur=estimate_blur(lum, cv2.dilate(occ.fill_polygons(geo.res, [geo.lm[list(L.FACE_OVAL)]]),
+        blur=estimate_blur(lum, cv2.dilate(fill_polygons(geo.res, [geo.lm[list(L.FACE_OVAL)]]),
                                           np.ones((5, 5), np.uint8))),
         noise=estimate_noise(lum, skin))
 
 
-def _layer_blur(layer: occ.Layer) -> float:
+def _layer_blur(layer: Layer) -> float:
     """Blur of an occluder layer's own edges (its outline over mid-grey, and its texture)."""
     rgb, a = layer
     lum = (rgb @ _LUMA) * a + 0.5 * (1 - a)
@@ -263,7 +264,7 @@ def _layer_blur(layer: occ.Layer) -> float:
     return estimate_blur(lum, region)
 
 
-def finish_layer(layer: occ.Layer, stats: PhotoStats, rng: np.random.Generator) -> occ.Layer:
+def finish_layer(layer: Layer, stats: PhotoStats, rng: np.random.Generator) -> Layer:
     """Gives an occluder the photo's light, colour, shading, sharpness and noise.
 
     Exposure follows the scene's bright surfaces (a white mask in a dim photo
@@ -299,7 +300,7 @@ def finish_layer(layer: occ.Layer, stats: PhotoStats, rng: np.random.Generator) 
     return np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32)
 
 
-def soft_shadow(alpha: np.ndarray, stats: PhotoStats, geo: occ.FaceGeometry,
+def soft_shadow(alpha: np.ndarray, stats: PhotoStats, geo: FaceGeometry,
                 rng: np.random.Generator) -> np.ndarray:
     """Shadow strength map (0..1) cast by the occluder away from the brighter side."""
     res = geo.res
@@ -350,7 +351,7 @@ def jpeg_round_trip(clean: np.ndarray, occluded: np.ndarray, alpha: np.ndarray, 
     return clean_j, occ_j, alpha, (region * 255).astype(np.uint8)[..., None]
 
 
-def composite(clean: np.ndarray, layer: occ.Layer, shadow: np.ndarray | None = None
+def composite(clean: np.ndarray, layer: Layer, shadow: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Composites a layer (and optional shadow) onto a clean uint8 RGB crop.
 
@@ -401,7 +402,7 @@ def _filled(region: np.ndarray) -> np.ndarray:
     return flood[1:-1, 1:-1] != 2
 
 
-def placed_well(category: str, alpha: np.ndarray, geo: occ.FaceGeometry) -> bool:
+def placed_well(category: str, alpha: np.ndarray, geo: FaceGeometry) -> bool:
     """Whether a face mask covers the mouth, glasses enclose the eyes (others: always).
 
     The placement follows the landmarks by construction; this catches the
@@ -418,7 +419,7 @@ def placed_well(category: str, alpha: np.ndarray, geo: occ.FaceGeometry) -> bool
 
 def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
                library: occ.OccluderLibrary | None = None,
-               config: SynthConfig = SynthConfig(), *, geometry: occ.FaceGeometry | None = None,
+               config: SynthConfig = SynthConfig(), *, geometry: FaceGeometry | None = None,
                stats: PhotoStats | None = None) -> Synthesis:
     """One occluded variant of an aligned face.
 
@@ -428,18 +429,18 @@ def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
       rng: e.g. `variant_rng(seed, source_id, variant)`.
       library: image occluders, or None for procedural ones only.
       config: category weights and effect probabilities.
-      geometry, stats: `occ.FaceGeometry.from_landmarks(landmarks, R)` and
+      geometry, stats: `FaceGeometry.from_landmarks(landmarks, R)` and
         `photo_stats(clean, geometry)`, when the caller computed them once for
         several variants.
     """
     res = clean.shape[0]
-    geo = geometry or occ.FaceGeometry.from_landmarks(landmarks, res)
+    geo = geometry or FaceGeometry.from_landmarks(landmarks, res)
     stats = stats or photo_stats(clean, geo)
     cats, probs = available_categories(library, config.weights)
     category = cats[rng.choice(len(cats), p=probs)]
     min_pixels = config.min_coverage * res * res
 
-    def fits(candidate: occ.Layer) -> bool:
+    def fits(candidate: Layer) -> bool:
         return (float((candidate[1] > 0.5).sum()) >= min_pixels
                 and placed_well(category, candidate[1], geo))
 
@@ -449,19 +450,19 @@ def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         if fits(candidate):
             layer = candidate
             break
-    if layer is None and category in occ.PROCEDURAL_CATEGORIES:
+    if layer is None and category in procedural.PROCEDURAL_CATEGORIES:
         # Images that never sat right (an extreme pose): the procedural kind follows the landmarks.
-        candidate, name = occ.render_procedural(category, geo, rng), f"procedural:{category}"
+        candidate, name = procedural.render_procedural(category, geo, rng), f"procedural:{category}"
         layer = candidate if fits(candidate) else None
     if layer is None:
         # Off-crop or misplaced every time: shapes on the face never are.
-        category = occ.PROCEDURAL
-        layer, name = occ.procedural_shapes(geo, rng), "procedural:procedural"
+        category = procedural.PROCEDURAL
+        layer, name = procedural.procedural_shapes(geo, rng), "procedural:procedural"
     style = None
     if category == "face_mask" and config.mask_style_prob > 0 \
             and rng.random() < config.mask_style_prob:
-        drawn = occ.draw_mask_style(rng)
-        layer = occ.restyle_mask(layer, geo, rng, drawn)
+        drawn = mask_styles.draw_mask_style(rng)
+        layer = mask_styles.restyle_mask(layer, geo, rng, drawn)
         style = drawn.kind
     layer = finish_layer(layer, stats, rng)
     shadow = soft_shadow(layer[1], stats, geo, rng) if rng.random() < config.shadow_prob else None

@@ -43,6 +43,7 @@ from jax.sharding import Mesh
 from deocc_jax import baselines, errors, metrics, models, predictors, sharding
 from deocc_jax import face_metrics as fm_lib
 from deocc_jax.data import features, input_pipeline
+from deocc_jax.io import atomic
 
 PIXEL_KEYS = ("psnr", "ssim", "mse", "masked_psnr", "masked_ssim", "masked_mse", "mask_iou")
 METRIC_KEYS = PIXEL_KEYS + fm_lib.METRICS
@@ -518,7 +519,7 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
              checkpoint: str | int = "latest", compare: Sequence[str] = (),
              include_baselines: bool = True, batch_size: int = 32,
              max_examples: int | None = None, output: str = "metrics.json",
-             grid_rows_per_kind: int = 2, face_metrics: Any = None,
+             grid_rows_per_kind: int = 2, face_metrics: Any = None, overwrite: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates a model, other models and the baselines on one split.
 
@@ -537,16 +538,27 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
       grid_rows_per_kind: best / median / worst examples shown in the grid; 0 writes
         no grid (and re-runs nothing).
       face_metrics: a `face_metrics.FaceMetrics`, or None for pixel metrics only.
+      overwrite: replace existing outputs; without it an existing one is refused
+        before anything is evaluated.
       log: progress output.
 
     Returns:
       The dict written to `output`.
+
+    Raises:
+      errors.OutputExistsError: an output exists and not `overwrite` (checked
+        before any model is loaded).
     """
-    mesh = sharding.make_mesh()
-    batch_size = eval_batch_size(batch_size, mesh)
     if grid_rows_per_kind < 0:
         raise errors.InvalidInputError(f"--grid_rows={grid_rows_per_kind}: must be 0 (no grid) "
                                        "or more")
+    md_path, grid_path = output_paths(output)
+    # An evaluation takes minutes to hours: a report in the way is refused before it starts.
+    atomic.plan_outputs([("the metrics", output), ("the Markdown report", md_path)]
+                        + ([("the sample grid", grid_path)] if grid_rows_per_kind > 0 else []),
+                        overwrite=overwrite)
+    mesh = sharding.make_mesh()
+    batch_size = eval_batch_size(batch_size, mesh)
     info = features.read_dataset_info(data_dir)
     resolution = int(info["resolution"])
     num_examples = input_pipeline.split_size(data_dir, split)
@@ -597,8 +609,6 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
     if face_metrics is not None:
         face_selection = fm_lib.found_in_all(per_image[m.name] for m in methods)
         unavailable = face_metrics.unavailable
-    stem = os.path.splitext(output)[0]
-    md_path, grid_path = stem + ".md", stem + "_samples.png"
     out_json = {
         "split": split,
         "data_dir": os.path.abspath(data_dir),
@@ -624,15 +634,18 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
         for (kind, i), e in zip(grid_idx, examples)]
 
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with open(md_path, "w") as f:
-            f.write(markdown_report(out_json))
+        atomic.write_text(md_path, markdown_report(out_json), overwrite=overwrite)
         if grid_idx:
             _write_grid(grid_path, methods, first, grid_idx, local, grid_outputs, result, cats,
-                        per_image)
-        with open(output, "w") as f:
-            json.dump(_json_safe(out_json), f, indent=2)
+                        per_image, overwrite=overwrite)
+        atomic.write_text(output, json.dumps(_json_safe(out_json), indent=2), overwrite=overwrite)
     return out_json
+
+
+def output_paths(output: str) -> tuple[str, str]:
+    """The Markdown report and the sample grid written beside the metrics JSON `output`."""
+    stem = os.path.splitext(output)[0]
+    return stem + ".md", stem + "_samples.png"
 
 
 def _grid_inputs(data_dir: str, split: str, chosen: list[int], methods: Sequence[Method],
@@ -653,7 +666,8 @@ def _grid_inputs(data_dir: str, split: str, chosen: list[int], methods: Sequence
     return examples, local, outputs
 
 
-def _write_grid(path, methods, first, grid_idx, local, grid_outputs, result, cats, per_image):
+def _write_grid(path, methods, first, grid_idx, local, grid_outputs, result, cats, per_image, *,
+                overwrite=False):
     shown = [m.name for m in methods if m.name != "occluded_input"]
     rows = []
     for j, (kind, i) in enumerate(grid_idx):
@@ -661,8 +675,10 @@ def _write_grid(path, methods, first, grid_idx, local, grid_outputs, result, cat
         rows.append((f"{kind} #{int(result.indices[i])} {cats[i]}: {first} "
                      f"{per_image[first]['masked_psnr'][i]:.1f} dB occl.", imgs))
     grid = sample_grid(["occluded"] + shown + ["clean"], rows)
-    if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise IOError(f"could not write {path}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise IOError(f"could not encode {path}")
+    atomic.write_bytes(path, png.tobytes(), overwrite=overwrite)
 
 
 def _json_safe(x):

@@ -7,8 +7,8 @@ r"""Evaluates a trained model against baselines on a prepared split.
 --model (and each --compare) is a training workdir, a pretrained folder or an
 export (SavedModel folder, .onnx, .tflite). Writes metrics.json, metrics.md
 (Markdown tables) and metrics_samples.png (occluded | each method | clean,
-best / median / worst examples). Runs on all visible devices, whatever device
-count wrote the checkpoint.
+best / median / worst examples); existing ones are refused unless --overwrite.
+Runs on all visible devices, whatever device count wrote the checkpoint.
 """
 
 import contextlib
@@ -26,6 +26,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared dataset (python -m d
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
 _OUTPUT = flags.DEFINE_string("output", "metrics.json",
                               "metrics JSON path; .md and _samples.png are written beside it.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing --output files (else refused "
+                               "before anything is evaluated).")
 _COMPARE = flags.DEFINE_multi_string("compare", [], "Other models to evaluate on the same examples.")
 _BASELINES = flags.DEFINE_bool("baselines", True, "Include occluded-input and OpenCV baselines.")
 _FACE_METRICS = flags.DEFINE_bool("face_metrics", True,
@@ -48,7 +50,8 @@ def main(argv):
             _MODEL.value or _WORKDIR.value, _DATA_DIR.value, split=_SPLIT.value,
             checkpoint=loading.parse_checkpoint(_CHECKPOINT.value), compare=_COMPARE.value,
             include_baselines=_BASELINES.value, batch_size=_BATCH.value, max_examples=_MAX.value,
-            output=_OUTPUT.value, grid_rows_per_kind=_GRID_ROWS.value, face_metrics=fm)
+            output=_OUTPUT.value, grid_rows_per_kind=_GRID_ROWS.value, face_metrics=fm,
+            overwrite=_OVERWRITE.value)
     with open(result["outputs"]["markdown"]) as f:
         print(f.read())
     for kind, path in result["outputs"].items():

@@ -220,9 +220,12 @@ class FaceMetrics:
                     raise ImportError(f"identity_distance {reason}") from e
                 self.unavailable[IDENTITY] = reason
         # Up to 3 faces so that the aligned face can be chosen over a mirrored
-        # or background face that MediaPipe ranks first.
+        # or background face that MediaPipe ranks first. The landmarker alone: an
+        # aligned crop fills its frame, and the instrument must stay the one every
+        # recorded figure was measured with.
         self._analyzer = detect.FaceAnalyzer(mode="image", num_faces=3, min_confidence=min_confidence,
-                                             model_path=landmarker_model, blendshapes=True)
+                                             model_path=landmarker_model, blendshapes=True,
+                                             full_range=False)
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -43,7 +43,8 @@ from deocc_jax.restoration import frames
 from deocc_jax.restoration.smoothing import LandmarkSmoother
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# A GIF is read as its first frame, as data prep reads it (and says so).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # Output formats that can hold an alpha channel (RGBA inputs keep theirs there).
 ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")
 # The pixel limit of data prep (`--max_pixels` there and here): 12000x9000 photos
@@ -104,6 +105,18 @@ def read_photo(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndar
         or more than `max_pixels` pixels; the message names the file.
     """
     return _split_alpha(images.read_image(path, max_pixels, keep_alpha=True))
+
+
+def read_photo_frames(path: str, max_pixels: int = DEFAULT_MAX_PIXELS
+                      ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """`read_photo`, and the file's frame count: more than 1 for an animation (first frame read).
+
+    Raises:
+      images.DecodeError: see `read_photo`.
+    """
+    data = images.read_file(path)
+    rgb, alpha = decode_photo(data, max_pixels, name=path)
+    return rgb, alpha, images.animation_frames(data)
 
 
 def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
@@ -300,7 +313,7 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
             bar.update()
             out_path = outputs[path]
             try:
-                image, alpha = read_photo(path, max_pixels)
+                image, alpha, num_frames = read_photo_frames(path, max_pixels)
             except images.DecodeError as e:
                 if len(inputs) == 1:
                     raise
@@ -309,10 +322,13 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
                                 "error": errors.one_line(e)})
                 log(f"{errors.one_line(e)}; skipped")
                 continue
+            if num_frames > 1:
+                log(f"{path}: an animation of {num_frames} frames; only its first frame is used")
             search = analyzer.find(image)
             faces = search.faces
             rep = {"input": path, "output": out_path, "faces": len(faces),
-                   "faces_too_small": len(search.too_small), "files": []}
+                   "faces_too_small": len(search.too_small), "files": [],
+                   "animation_frames": num_frames}
             small = (f"; {len(search.too_small)} face(s) below --min_face_px={min_face_px:g} left as "
                      "they are" if search.too_small else "")
             if not faces:
@@ -355,6 +371,9 @@ def process_photos(model: Predictor, input_spec: str, output: str, *, save_masks
     if counts["rejected"]:
         reasons = sorted({r["reason"] for r in reports if r["status"] == "rejected"})
         line += f", {counts['rejected']} rejected ({', '.join(reasons)})"
+    animations = sum(r.get("animation_frames", 1) > 1 for r in reports)
+    if animations:
+        line += f"; {animations} animation(s), first frame only"
     log(line)
     return reports
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
 import flax.serialization
@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from deocc_jax import assets, checkpointing, errors, models
+from deocc_jax.io import atomic
 
 PRETRAINED_FILE = "deocc_model.json"
 PRETRAINED_FORMAT = 1
@@ -140,41 +141,49 @@ def _load_pretrained(path: str) -> LoadedModel:
 
 
 def save_pretrained(directory: str, config: ml_collections.ConfigDict, variables: dict, step: int,
-                    *, name: str, dtype: str = "float16") -> dict[str, Any]:
+                    *, name: str, dtype: str = "float16",
+                    overwrite: bool = False) -> dict[str, Any]:
     """Writes `variables` (cast to `dtype`), config and metadata as a pretrained folder.
+
+    Each file is written atomically (`io.atomic`); deocc_model.json, which
+    holds the parameters' SHA-256, comes last, so a folder cut short is never
+    taken for a pretrained model.
+
+    Args:
+      overwrite: replace the files of a pretrained model already in `directory`.
 
     Returns:
       The metadata written to deocc_model.json.
+
+    Raises:
+      errors.OutputExistsError: one of the files exists and not `overwrite`.
     """
-    os.makedirs(directory, exist_ok=True)
+    files = [(VARIABLES_FILE, os.path.join(directory, VARIABLES_FILE)),
+             (CONFIG_FILE, os.path.join(directory, CONFIG_FILE)),
+             (PRETRAINED_FILE, os.path.join(directory, PRETRAINED_FILE))]
+    atomic.plan_outputs(files, overwrite=overwrite)
     stored = jax.tree.map(lambda x: np.asarray(x).astype(dtype), jax.device_get(variables))
-    var_path = os.path.join(directory, VARIABLES_FILE)
-    with open(var_path, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(stored))
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    data = flax.serialization.msgpack_serialize(stored)
+    atomic.write_bytes(files[0][1], data, overwrite=overwrite)
+    atomic.write_text(files[1][1], config.to_json_best_effort(indent=2, sort_keys=True) + "\n",
+                      overwrite=overwrite)
     meta = {"format": PRETRAINED_FORMAT, "name": name, "step": int(step),
             "resolution": int(config.resolution), "mode": config.model.mode,
             "param_dtype": dtype, "num_params": int(sum(x.size for x in jax.tree.leaves(stored))),
-            "sha256": assets.sha256_file(var_path)}
-    with open(os.path.join(directory, PRETRAINED_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-        f.write("\n")
+            "sha256": hashlib.sha256(data).hexdigest()}
+    atomic.write_text(files[2][1], json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                      overwrite=overwrite)
     return meta
 
 
 def replace_keeping_card(new: str, out: str, log=print) -> None:
-    """Moves the pretrained folder `new` to `out`, replacing it but keeping its hand-written card."""
+    """Moves the pretrained folder `new` to `out`, replacing it but keeping its hand-written card.
+
+    Shipping a model means replacing the one shipped before: `out` is swapped
+    for `new` in one step where Linux allows it (`atomic.publish_directory`).
+    """
     card = os.path.join(out, CARD_FILE)
     if os.path.exists(card):
-        shutil.copy2(card, os.path.join(new, CARD_FILE))
+        atomic.copy_file(card, os.path.join(new, CARD_FILE), overwrite=True)
         log(f"kept {card} from the version replaced: update its numbers from metrics.md")
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(new, out)
-
-
-def rounded_to(variables: dict, dtype: str) -> dict:
-    """float32 variables holding exactly the values a `dtype` copy stores (what ships)."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x).astype(dtype).astype(np.float32)),
-                        jax.device_get(variables))
+    atomic.publish_directory(new, out, replace=True)

@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from deocc_jax import errors
+from deocc_jax.io import atomic
 from launch import gpu_cluster_lib
 
 _HOSTS = flags.DEFINE_list("hosts", [], "Hostnames; the first one coordinates (ssh mode).")
@@ -37,6 +39,8 @@ _REPO = flags.DEFINE_string("repo", "~/deocc", "Repository path on the hosts.")
 _PYTHON = flags.DEFINE_string("python", "python3", "Python executable on the hosts.")
 _SBATCH_FILE = flags.DEFINE_string("sbatch_file", "deocc_train.sbatch",
                                    "Where to write the script.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --sbatch_file (else "
+                               "refused).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print instead of running.")
 
 
@@ -53,8 +57,7 @@ def main(argv):
             print(script)
             print(shlex.join(["sbatch", _SBATCH_FILE.value]))
             return
-        with open(_SBATCH_FILE.value, "w") as f:
-            f.write(script)
+        atomic.write_text(_SBATCH_FILE.value, script, overwrite=_OVERWRITE.value)
         sys.exit(subprocess.call(["sbatch", _SBATCH_FILE.value]))
     cmds = gpu_cluster_lib.ssh_commands(_HOSTS.value, _PORT.value, **common)
     for c in cmds:
@@ -65,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

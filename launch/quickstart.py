@@ -27,6 +27,7 @@ from typing import Any, Callable
 from absl import flags
 
 from deocc_jax import errors
+from deocc_jax.io import atomic
 from launch import demo_photo
 
 _INPUT = flags.DEFINE_string("input", None, "Folder or glob of face photos (default: the embedded "
@@ -116,15 +117,16 @@ def select_photos(input_spec: str, max_photos: int, out_dir: str) -> list[str]:
     paths = paths[:max_photos]
     os.makedirs(out_dir, exist_ok=True)
     for p in paths:
-        shutil.copyfile(p, os.path.join(out_dir, os.path.basename(p)))
+        # Two photos of one name (a glob over folders) are refused, not one lost.
+        atomic.copy_file(p, os.path.join(out_dir, os.path.basename(p)))
     return [os.path.join(out_dir, os.path.basename(p)) for p in paths]
 
 
 def prepare_dataset(photos_dir: str, data_dir: str, *, resolution: int, variants_per_face: int,
                     seed: int, occluders_dir: str | None,
                     near_duplicates: float | None = None) -> dict[str, Any]:
-    """Runs data prep (`data_prep.build.build_dataset`) on the photos; returns dataset_info.json."""
-    from data_prep.build import build_dataset
+    """Runs data prep (`data_prep.build_lib.build_dataset`) on the photos; returns dataset_info.json."""
+    from data_prep.build_lib import build_dataset
     extra = {} if near_duplicates is None else {"near_duplicates": near_duplicates}
     return build_dataset(photos_dir, data_dir, resolution=resolution,
                          variants_per_face=variants_per_face, seed=seed,
@@ -250,8 +252,7 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
                "timings_s": timings, "outputs": outputs,
                "model_psnr_occluded": result["methods"][eval_lib.MODEL]["overall"].get("masked_psnr"),
                "demo_faces": reports[0]["faces"]}
-    with open(os.path.join(output_dir, "quickstart.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic.write_text(os.path.join(output_dir, "quickstart.json"), json.dumps(summary, indent=2))
     outputs["summary"] = os.path.abspath(os.path.join(output_dir, "quickstart.json"))
 
     log("")

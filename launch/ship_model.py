@@ -31,6 +31,7 @@ from absl import flags
 
 from deocc_jax import (errors, eval_lib, export_lib, face_metrics, infer_lib, loading, predictors,
                        sample_photos)
+from deocc_jax.io import atomic
 from launch import demo_photo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -94,8 +95,8 @@ def _relative_outputs(metrics_json: str) -> None:
     with open(metrics_json) as f:
         metrics = json.load(f)
     metrics["outputs"] = {k: os.path.basename(v) for k, v in metrics["outputs"].items()}
-    with open(metrics_json, "w") as f:
-        json.dump(metrics, f, indent=2)
+    # Its own file, just written into the staging folder: rewritten on purpose.
+    atomic.write_text(metrics_json, json.dumps(metrics, indent=2), overwrite=True)
 
 
 def main(argv):

@@ -14,6 +14,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"deocc-test-jax-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
+import logging
 import pathlib
 
 import pytest
@@ -60,3 +61,41 @@ def quickstart_run(tmp_path_factory, faces_dir, occluders_dir) -> dict:
     summary["log"] = lines
     summary["output_dir"] = str(out)
     return summary
+
+
+@pytest.fixture(scope="session")
+def empty_val_data_dir(tmp_path_factory, faces_dir) -> pathlib.Path:
+    """The tiny dataset with an empty validation split, as when prep rejected its only photo."""
+    from tests import pairs_fixture as pf
+    return pf.tiny_dataset(tmp_path_factory, faces_dir, splits={"train": 16, "validation": 0})
+
+
+class _Records(logging.Handler):
+    """Collects absl's warnings (caplog cannot reach a session fixture)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="session")
+def empty_val_run(tmp_path_factory, empty_val_data_dir) -> dict:
+    """pairs_fixture.EMPTY_VAL_STEPS steps of the tiny config, validating every 2 on the empty split.
+
+    The fault-injection tests of test_infer, test_export, test_train and
+    test_checkpointing share it (read it, or damage a `pf.copy_workdir` copy).
+    Returns {"workdir", "result", "warnings": absl's warnings during training}.
+    """
+    from deocc_jax import train_lib
+    from tests import pairs_fixture as pf
+    workdir = tmp_path_factory.mktemp("empty_val_run")
+    records = _Records()
+    logging.getLogger("absl").addHandler(records)
+    try:
+        result = train_lib.train_and_evaluate(pf.empty_val_config(empty_val_data_dir), str(workdir))
+    finally:
+        logging.getLogger("absl").removeHandler(records)
+    return {"workdir": workdir, "result": result, "warnings": records.messages}

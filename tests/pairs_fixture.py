@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 
+from deocc_jax import errors
 from deocc_jax.data import features, writer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -159,3 +163,60 @@ def random_tiny(resolution: int = 64, *, guided: bool = False, base_width: int |
         return (np.ones if name == "scale" else np.zeros)(s.shape, s.dtype)
 
     return config, jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def load_train_state(setup, workdir, checkpoint="latest"):
+    """The full train state of a checkpoint, laid out for `setup`'s mesh (any saving device count)."""
+    from deocc_jax import checkpointing, train_lib
+    ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
+    try:
+        step = ckpt.resolve(checkpoint)
+        return train_lib.state_from_items(setup, step, ckpt.restore(step, train_lib.abstract_items(setup)))
+    finally:
+        ckpt.close()
+
+
+# ----------------------------------------------------------------------------- fault injection
+
+# Steps of the shared run on a dataset with an empty validation split (the
+# `empty_val_run` fixture in conftest.py); checkpoints at 2 and 4.
+EMPTY_VAL_STEPS = 4
+
+
+def empty_val_config(data_dir, **kw):
+    """configs/tiny.py for EMPTY_VAL_STEPS steps, checkpointing and validating every 2."""
+    base = {"num_train_steps": EMPTY_VAL_STEPS, "checkpoint_every_steps": 2, "eval_every_steps": 2,
+            "log_every_steps": 2, "keep_checkpoints": 20}
+    base.update(kw)
+    return tiny_config(data_dir, **base)
+
+
+def copy_workdir(workdir, tmp_path, name="w") -> pathlib.Path:
+    """A copy of a shared workdir that a test may damage."""
+    dst = tmp_path / name
+    shutil.copytree(workdir, dst)
+    return dst
+
+
+def listing(folder) -> list[str]:
+    """Every path under `folder`, relative and sorted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def run_binary(module, *args, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m module args...` on one CPU device, output captured."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=subprocess_env(num_devices=1), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments) -> str:
+    """Exit 2, one `error:` line holding every fragment, and no traceback; returns the line."""
+    tail = proc.stderr[-3000:]
+    assert proc.returncode == errors.EXIT_USER_ERROR, (proc.returncode, tail)
+    assert "Traceback" not in proc.stderr, tail
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, tail
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

@@ -15,6 +15,7 @@ import pytest
 from deocc_jax import checkpointing, eval_lib, sharding, steps, train_lib
 from deocc_jax.io import workdir_lock
 from tests import pairs_fixture as pf
+from deocc_jax import errors, loading
 
 
 N = 16          # steps of the reference run
@@ -44,7 +45,7 @@ def reference(tmp_path_factory, data_dir):
 def _restore_all(workdir, step):
     """Every saved array of a checkpoint as numpy, keyed by item/path."""
     setup = train_lib.build_setup(_config(str(workdir)), sharding.make_mesh())
-    state = train_lib.load_train_state(setup, str(workdir), step)
+    state = pf.load_train_state(setup, str(workdir), step)
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(train_lib.state_items(state)))
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
@@ -175,7 +176,7 @@ print("RESULT" + json.dumps(acc.result()))
 @pytest.mark.slow
 def test_checkpoint_restores_in_fresh_process_with_same_metrics(reference, data_dir):
     setup = train_lib.build_setup(_config(data_dir), sharding.make_mesh())
-    state = train_lib.load_train_state(setup, str(reference), N)
+    state = pf.load_train_state(setup, str(reference), N)
     in_process, _ = eval_lib.validate(setup.mesh, setup.config, steps.eval_variables(state))
     # A fresh single-device process, using the inference API other tools use.
     out = subprocess.run([sys.executable, "-c", _EVAL_SCRIPT, str(reference), str(N)], cwd=pf.REPO,
@@ -183,7 +184,9 @@ def test_checkpoint_restores_in_fresh_process_with_same_metrics(reference, data_
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     fresh = json.loads(out.stdout.split("RESULT")[-1])
-    assert set(fresh) == {k[len("val_"):] for k in in_process}
+    # The fresh process computes the pixel metrics; validation adds realism ones beside them.
+    assert {"psnr", "ssim", "masked_psnr", "masked_ssim"} <= set(fresh) <= {
+        k[len("val_"):] for k in in_process}
     # Outputs are uint8: 8 sharded devices and 1 device may round a few pixels to the next grey
     # level (measured: 3e-5 relative on masked SSIM); a wrong checkpoint is off by far more.
     for k, v in fresh.items():
@@ -238,3 +241,49 @@ def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
     restored = checkpointing.Checkpointer("relative_workdir", read_only=True).restore(
         7, {"g": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)})
     np.testing.assert_array_equal(np.asarray(restored["g"]["w"]), tree["w"])
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+RUN_STEPS = pf.EMPTY_VAL_STEPS  # of `empty_val_run` (conftest.py)
+
+
+def _flip_byte(item_dir):
+    """Flips one bit in the middle of the item's largest data file; the size stays the same."""
+    files = [p for p in item_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    target = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_flipped_byte_is_caught_quarantined_and_previous_checkpoint_used(empty_val_run, empty_val_data_dir,
+                                                                         tmp_path):
+    workdir = pf.copy_workdir(empty_val_run["workdir"], tmp_path)
+    for step in (RUN_STEPS - 2, RUN_STEPS):  # every checkpoint was written with its checksums
+        recorded = json.loads((workdir / "checkpoints" / str(step) / "deocc_checksums.json").read_text())
+        assert {"g", "ema", "g_opt", "d", "d_opt", "data", "config"} <= set(recorded["items"])
+    flipped = _flip_byte(workdir / "checkpoints" / str(RUN_STEPS) / "g")
+    setup = train_lib.build_setup(pf.empty_val_config(empty_val_data_dir), sharding.make_mesh())
+    ckpt = checkpointing.Checkpointer(str(workdir))
+    try:
+        step, _ = ckpt.restore_latest_valid(train_lib.abstract_items(setup))
+    finally:
+        ckpt.close()
+    assert step == RUN_STEPS - 2
+    corrupt = list((workdir / "checkpoints").glob(f"{RUN_STEPS}.corrupt-*"))
+    kept = corrupt[0] / flipped.relative_to(workdir / "checkpoints" / str(RUN_STEPS))
+    assert len(corrupt) == 1 and kept.exists()
+
+
+def test_corrupt_ema_is_reported_as_a_corrupt_checkpoint(empty_val_run, tmp_path):
+    workdir = pf.copy_workdir(empty_val_run["workdir"], tmp_path)
+    _flip_byte(workdir / "checkpoints" / str(RUN_STEPS) / "ema")
+    with pytest.raises(errors.UserError, match=rf"checkpoint .*/{RUN_STEPS} is corrupt: .*ema/.*SHA-256"):
+        loading.load_model(str(workdir))
+    assert loading.load_model(str(workdir), RUN_STEPS - 2).step == RUN_STEPS - 2  # the others still load
+    proc = pf.run_binary("deocc_jax.export", f"--model={workdir}", f"--output_dir={tmp_path / 'e'}")
+    line = pf.assert_one_line_error(proc, "is corrupt", "ema")
+    assert "differs from the JAX" not in line and not (tmp_path / "e" / str(RUN_STEPS)).exists()

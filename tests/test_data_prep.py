@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from data_prep import build, config as config_lib, occluders, pipeline, sources, synth
+from data_prep import alignment, build_lib, config as config_lib, geometry, mask_styles, occluders
+from data_prep import plan, prep_flags, procedural, sources, synth
 from deocc_jax import errors
 from deocc_jax.faces import FaceAnalyzer, align, largest_face
 from deocc_jax.faces import landmarks as L
 from deocc_jax.io import images
+from deocc_jax import metrics
 
 RES = 128
 PHOTOS = ("0.jpg", "1.jpg", "10.jpg", "100.jpg", "105.jpg", "11.jpg")
@@ -159,13 +161,13 @@ def _covered(mask, pts) -> float:
 @pytest.mark.parametrize("use_library", [False, True])
 def test_every_category_keeps_the_pair_invariants(aligned, library, use_library):
     lib = library if use_library else None
-    cats = occluders.ALL_CATEGORIES if use_library else occluders.PROCEDURAL_CATEGORIES
+    cats = occluders.ALL_CATEGORIES if use_library else procedural.PROCEDURAL_CATEGORIES
     for i, (sid, clean, lm) in enumerate(aligned):
         for cat in cats:
             cfg = synth.SynthConfig(weights={cat: 1.0}, shadow_prob=0.5, jpeg_prob=0.5)
             s = synth.synthesize(clean, lm, synth.variant_rng(i, sid, len(cat)), lib, cfg)
             _check_pair(clean, s)
-            assert s.category in (cat, occluders.PROCEDURAL)
+            assert s.category in (cat, procedural.PROCEDURAL)
 
 
 def test_jpeg_round_trip_is_shared_exact_and_keeps_masks_tight(aligned, library):
@@ -309,7 +311,7 @@ def test_shading_follows_the_face_light(aligned):
     sid, clean, lm = aligned[0]
     ramp = np.linspace(0.5, 1.3, RES, dtype=np.float32)[None, :, None]
     lit = np.clip(clean * ramp, 0, 255).astype(np.uint8)
-    geo = occluders.FaceGeometry.from_landmarks(lm, RES)
+    geo = geometry.FaceGeometry.from_landmarks(lm, RES)
     stats = synth.photo_stats(lit, geo)
     mouth = geo.mouth.astype(int)
     d = int(0.2 * geo.face_width)
@@ -364,7 +366,7 @@ def test_occluders_follow_turned_heads(shared_dir, analyzer, library, category, 
     cfg = synth.SynthConfig(weights={category: 1.0}, image_share=image_share, shadow_prob=0.0)
     for name in PROFILE:
         clean, lm, _, _ = _align(analyzer, _read(shared_dir / "data" / "lfw" / name))
-        geo = occluders.FaceGeometry.from_landmarks(lm, RES)
+        geo = geometry.FaceGeometry.from_landmarks(lm, RES)
         for v in range(3):
             s = synth.synthesize(clean, lm, synth.variant_rng(1, name, v), library, cfg, geometry=geo)
             assert s.category == category, (name, s.occluder)
@@ -380,8 +382,8 @@ def test_glasses_turn_with_the_head(shared_dir, analyzer):
     """Procedural glasses on a turned head: the far lens is narrower than the near one."""
     name = PROFILE[0]
     clean, lm, _, _ = _align(analyzer, _read(shared_dir / "data" / "lfw" / name))
-    geo = occluders.FaceGeometry.from_landmarks(lm, RES)
-    layer = occluders.procedural_glasses(geo, np.random.default_rng(0), sunglasses=True)
+    geo = geometry.FaceGeometry.from_landmarks(lm, RES)
+    layer = procedural.procedural_glasses(geo, np.random.default_rng(0), sunglasses=True)
     filled = synth._filled(layer[1] > 0.5)
     cols = filled.any(0)
     mid = int(round(float(np.dot(geo.eye_mid, [1, 0]))))
@@ -412,7 +414,7 @@ def test_head_pose_recovers_known_rotations():
 def _check(lm, outside=None, **kw):
     cfg = config_lib.PrepConfig(**kw)
     outside = np.zeros((RES, RES), bool) if outside is None else outside
-    return pipeline.check_face(lm, outside, L.head_pose(lm, L.canonical_face()), cfg)
+    return alignment.check_face(lm, outside, L.head_pose(lm, L.canonical_face()), cfg)
 
 
 def test_implausible_landmarks_are_rejected(aligned):
@@ -424,14 +426,14 @@ def test_implausible_landmarks_are_rejected(aligned):
     mouth = list(set(L.LIPS_OUTER) | {13, 14, 17, 0, 78, 308, 80, 310, 81, 311, 82, 312})
     bad[mouth] -= np.array([0.0, 0.55 * RES])
     reason, detail = _check(bad)
-    assert reason == pipeline.IMPLAUSIBLE_LANDMARKS and "do not pose as a face" in detail
+    assert reason == alignment.IMPLAUSIBLE_LANDMARKS and "do not pose as a face" in detail
     # Landmarks scattered by noise.
     noisy = lm + np.random.default_rng(0).normal(0, 0.06 * RES, lm.shape)
-    assert _check(noisy)[0] == pipeline.IMPLAUSIBLE_LANDMARKS
+    assert _check(noisy)[0] == alignment.IMPLAUSIBLE_LANDMARKS
     # A plausible but turned face, beyond the configured limit.
     reason, detail = _check(lm, max_yaw=1.0, max_landmark_error=10)
-    assert reason == pipeline.IMPLAUSIBLE_LANDMARKS and "--max_yaw=1" in detail
-    assert _check(lm, max_pitch=1.0)[0] == pipeline.IMPLAUSIBLE_LANDMARKS
+    assert reason == alignment.IMPLAUSIBLE_LANDMARKS and "--max_yaw=1" in detail
+    assert _check(lm, max_pitch=1.0)[0] == alignment.IMPLAUSIBLE_LANDMARKS
 
 
 def test_insufficient_context(aligned):
@@ -439,9 +441,9 @@ def test_insufficient_context(aligned):
     outside = np.zeros((RES, RES), bool)
     outside[:, :52] = True  # 40% of the crop, including a cheek
     reason, detail = _check(lm, outside, max_padding=0.2)
-    assert reason == pipeline.INSUFFICIENT_CONTEXT and "--max_padding=0.2" in detail
+    assert reason == alignment.INSUFFICIENT_CONTEXT and "--max_padding=0.2" in detail
     reason, detail = _check(lm, outside, max_padding=0.5)
-    assert reason == pipeline.INSUFFICIENT_CONTEXT and "face itself" in detail
+    assert reason == alignment.INSUFFICIENT_CONTEXT and "face itself" in detail
     side = np.zeros((RES, RES), bool)
     side[:, :8] = True  # background only
     assert _check(lm, side, max_padding=0.5) is None
@@ -452,20 +454,20 @@ def test_insufficient_context(aligned):
 def test_tiny_datasets_get_every_split():
     splits = config_lib.parse_splits("train=0.9,validation=0.05,test=0.05")
     ids = [f"img{i}.jpg" for i in range(10)]
-    th = pipeline.split_thresholds(ids, splits)
-    counts = {n: sum(pipeline.split_of(s, th) == n for s in ids) for n, _ in splits}
+    th = plan.split_thresholds(ids, splits)
+    counts = {n: sum(plan.split_of(s, th) == n for s in ids) for n, _ in splits}
     assert counts == {"train": 8, "validation": 1, "test": 1}
 
 
 def test_split_fractions_on_many_ids():
     splits = config_lib.parse_splits("train=0.8,validation=0.1,test=0.1")
     ids = [f"dir/{i:05d}.png" for i in range(2000)]
-    th = pipeline.split_thresholds(ids, splits)
-    counts = {n: sum(pipeline.split_of(s, th) == n for s in ids) for n, _ in splits}
+    th = plan.split_thresholds(ids, splits)
+    counts = {n: sum(plan.split_of(s, th) == n for s in ids) for n, _ in splits}
     assert counts == {"train": 1600, "validation": 200, "test": 200}
     # Adding photos moves few existing ones between splits.
-    th2 = pipeline.split_thresholds(ids + [f"new/{i}.png" for i in range(100)], splits)
-    moved = sum(pipeline.split_of(s, th) != pipeline.split_of(s, th2) for s in ids)
+    th2 = plan.split_thresholds(ids + [f"new/{i}.png" for i in range(100)], splits)
+    moved = sum(plan.split_of(s, th) != plan.split_of(s, th2) for s in ids)
     assert moved < 0.05 * len(ids)
 
 
@@ -486,7 +488,7 @@ def test_group_by_names_a_person():
 def test_merge_groups_joins_names_and_near_duplicates():
     keys = ["a1", "a2", "b", "c", "d"]
     named = ["group:A", "group:A", "b", "c", "d"]
-    out = pipeline.merge_groups(keys, named, [(2, 3)])  # b and c are near-duplicates
+    out = plan.merge_groups(keys, named, [(2, 3)])  # b and c are near-duplicates
     assert out["a1"] == out["a2"] == "group:A"
     assert out["b"] == out["c"] == "b" and out["d"] == "d"
 
@@ -501,8 +503,8 @@ def test_near_duplicates_found_on_real_faces(faces_dir, analyzer):
     copy, _ = _rotate(copy, 12)
     crops = [_align(analyzer, x)[0] for x in (img, copy)]
     crops += [_align(analyzer, _read(faces_dir / n))[0] for n in ("0.jpg", "10.jpg", "105.jpg", "11.jpg")]
-    d = np.stack([pipeline.descriptor(c) for c in crops])
-    pairs = pipeline.near_duplicate_pairs(d, config_lib.PrepConfig().near_duplicates)
+    d = np.stack([plan.descriptor(c) for c in crops])
+    pairs = plan.near_duplicate_pairs(d, config_lib.PrepConfig().near_duplicates)
     assert pairs == [(0, 1)], pairs
 
 
@@ -510,14 +512,14 @@ def test_make_plan_puts_a_group_in_one_split():
     rng = np.random.default_rng(0)
     desc = [(v / np.linalg.norm(v)).astype(np.float16) for v in rng.normal(size=(40, 1024))]
     entries = [(f"p{i // 4}/{i}.jpg", f"group:p{i // 4}", desc[i], 2) for i in range(40)]
-    plan = pipeline.make_plan(entries, config_lib.PrepConfig(splits=(("train", 0.5), ("test", 0.5))),
-                              None)
+    made = plan.make_plan(entries, config_lib.PrepConfig(splits=(("train", 0.5), ("test", 0.5))),
+                          None)
     by_group = {}
     for key, *_ in entries:
-        by_group.setdefault(key.split("/")[0], set()).add(plan.split(key))
+        by_group.setdefault(key.split("/")[0], set()).add(made.split(key))
     assert all(len(s) == 1 for s in by_group.values())
-    assert plan.stats["groups"] == 10 and plan.stats["named_groups_with_several_faces"] == 10
-    assert set(plan.shards) == {"train", "test"}
+    assert made.stats["groups"] == 10 and made.stats["named_groups_with_several_faces"] == 10
+    assert set(made.shards) == {"train", "test"}
 
 
 # --- input listing (issue 10 #5, #10) ---------------------------------------------
@@ -590,20 +592,20 @@ def test_pairs_match_by_name_maskedface_net_layout():
 ])
 def test_bad_flags_are_named_before_anything_runs(kw, flag):
     with pytest.raises(errors.InvalidInputError, match=flag):
-        build.make_config(**kw)
+        config_lib.make_config(**kw)
 
 
 def test_resolutions_the_models_accept():
     for r in (32, 64, 128, 256, 512):
-        assert build.make_config(resolution=r).resolution == r
+        assert config_lib.make_config(resolution=r).resolution == r
 
 
 def test_flag_defaults_come_from_prep_config():
     from absl import flags
     fv = flags.FlagValues()
-    build.define_flags(fv)
+    prep_flags.define_prep_flags(fv)
     cfg = config_lib.PrepConfig()
-    for name in build._CONFIG_FLAGS:
+    for name in prep_flags.CONFIG_FLAGS:
         if name == "category_weights":
             continue
         value = fv[name].default
@@ -612,7 +614,7 @@ def test_flag_defaults_come_from_prep_config():
         elif name == "jpeg_quality":
             value = tuple(int(x) for x in value.split(","))
         assert value == getattr(cfg, name), name
-    assert build.make_config() == cfg
+    assert config_lib.make_config() == cfg
     assert math.isclose(cfg.max_padding, 0.65)
 
 
@@ -620,9 +622,85 @@ def test_outputs_that_touch_the_input_are_refused(tmp_path):
     (tmp_path / "photos").mkdir()
     cfg = config_lib.PrepConfig()
     with pytest.raises(errors.OutputExistsError, match="inside the input"):
-        build._check_paths([str(tmp_path / "photos")], str(tmp_path / "photos" / "ds"), cfg, None)
+        build_lib._check_paths([str(tmp_path / "photos")], str(tmp_path / "photos" / "ds"), cfg, None)
     with pytest.raises(errors.OutputExistsError, match="contains the input"):
-        build._check_paths([str(tmp_path / "photos")], str(tmp_path), cfg, None)
+        build_lib._check_paths([str(tmp_path / "photos")], str(tmp_path), cfg, None)
     with pytest.raises(errors.InvalidInputError, match="--num_shards"):
-        build._check_paths([str(tmp_path / "photos")], str(tmp_path / "ds"), cfg, -2)
+        build_lib._check_paths([str(tmp_path / "photos")], str(tmp_path / "ds"), cfg, -2)
     assert pathlib.Path(tmp_path / "photos").is_dir()
+
+
+# ----------------------------------------------------------------------------- masks as worn
+
+
+@pytest.fixture(scope="module")
+def face(faces_dir):
+    """(crop, crop landmarks) of one real face, aligned at 128 px as infer aligns it."""
+    from deocc_jax.faces import FaceAnalyzer, align
+    from deocc_jax.restoration import frames
+    image = np.ascontiguousarray(cv2.imread(str(faces_dir / "0.jpg"))[..., ::-1])
+    with FaceAnalyzer(mode="image", num_faces=1) as analyzer:
+        lm = analyzer.detect(image)[0].landmarks
+    crops = frames.align_faces(image, [lm], 128)
+    return crops.crops[0], align.transform_landmarks(lm, crops.matrices[0])
+
+
+def test_mask_styles_are_deterministic_and_counted(face):
+    import collections
+    crop, lm = face
+    cfg = synth.SynthConfig(weights={"face_mask": 1.0}, mask_style_prob=1.0, shadow_prob=0.0)
+    geo = geometry.FaceGeometry.from_landmarks(lm, 128)
+    kinds = collections.Counter()
+    for v in range(40):
+        a = synth.synthesize(crop, lm, synth.variant_rng(7, "x", v), None, cfg, geometry=geo)
+        if v < 3:
+            b = synth.synthesize(crop, lm, synth.variant_rng(7, "x", v), None, cfg, geometry=geo)
+            np.testing.assert_array_equal(a.occluded, b.occluded)
+            assert a.style == b.style
+        assert a.category == "face_mask" and a.kind == f"face_mask:{a.style}"
+        kinds[a.style] += 1
+    assert sum(kinds.values()) == 40
+    patterns = {k.split("/")[0] for k in kinds}
+    colourings = {k.split("/")[1] for k in kinds}
+    assert len(patterns) >= 5 and colourings == set(mask_styles.MASK_COLOURINGS)
+    assert "plain/as_drawn" not in kinds
+    # Off: nothing is drawn, so the pairs are those of a build without styles.
+    off = synth.SynthConfig(weights={"face_mask": 1.0}, mask_style_prob=0.0)
+    s = synth.synthesize(crop, lm, synth.variant_rng(7, "x", 0), None, off, geometry=geo)
+    assert s.style is None and s.kind == "face_mask"
+
+
+@pytest.mark.parametrize("pattern", ["dots", "stripes", "checks", "camouflage", "text"])
+def test_mask_prints_mark_part_of_the_mask(face, pattern):
+    crop, lm = face
+    geo = geometry.FaceGeometry.from_landmarks(lm, 128)
+    layer = procedural.procedural_face_mask(geo, np.random.default_rng(0))
+    inside = layer[1] > 0.5
+    ink = mask_styles.mask_print(pattern, geo, np.random.default_rng(1))
+    share = float((ink[inside] > 0.5).mean())
+    assert 0.03 < share < 0.8, share
+    styled = mask_styles.restyle_mask(layer, geo, np.random.default_rng(2),
+                                      mask_styles.MaskStyle(pattern, "dark"))
+    np.testing.assert_array_equal(styled[1], layer[1])   # the shape is kept
+    lum = styled[0] @ np.array([0.299, 0.587, 0.114], np.float32)
+    # Printed: the ink shows against the cloth.
+    assert lum[inside].std() > 0.08
+    assert not mask_styles.mask_print("plain", geo, np.random.default_rng(1)).any()
+    with pytest.raises(ValueError, match="unknown mask print"):
+        mask_styles.mask_print("floral", geo, np.random.default_rng(1))
+
+
+def test_dark_and_saturated_cloth(face):
+    crop, lm = face
+    geo = geometry.FaceGeometry.from_landmarks(lm, 128)
+    layer = procedural.procedural_face_mask(geo, np.random.default_rng(3))
+    inside = layer[1] > 0.5
+    for seed in range(5):
+        dark = mask_styles.restyle_mask(layer, geo, np.random.default_rng(seed),
+                                        mask_styles.MaskStyle("plain", "dark"))
+        lum = dark[0] @ np.array([0.299, 0.587, 0.114], np.float32)
+        assert np.median(lum[inside]) < metrics.DARK_OCCLUDER_LUMA
+        vivid = mask_styles.restyle_mask(layer, geo, np.random.default_rng(seed),
+                                         mask_styles.MaskStyle("plain", "saturated"))
+        hsv = cv2.cvtColor((vivid[0] * 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+        assert np.median(hsv[..., 1][inside]) > 150

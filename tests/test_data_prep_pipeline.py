@@ -15,10 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import build, pipeline, sources
+from data_prep import alignment, build_lib, pipeline, sources
 from deocc_jax import errors
 from deocc_jax.data import features, writer
 from deocc_jax.faces import FaceAnalyzer, align, largest_face
+import logging
+from PIL import Image
+from tests import pairs_fixture as pf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PHOTOS = ("0.jpg", "1.jpg", "10.jpg", "100.jpg", "101.jpg", "105.jpg", "109.jpg", "11.jpg")
@@ -86,8 +89,8 @@ def input_dir(tmp_path_factory, faces_dir):
 @pytest.fixture(scope="module")
 def built(input_dir, tmp_path_factory, occluders_dir):
     out = tmp_path_factory.mktemp("ds") / "a"
-    info = build.build_dataset(str(input_dir), str(out), **{**KW, "occluders_dir": str(occluders_dir)},
-                               pipeline_args=IN_PROCESS)
+    info = build_lib.build_dataset(str(input_dir), str(out), **{**KW, "occluders_dir": str(occluders_dir)},
+                                   pipeline_args=IN_PROCESS)
     return out, info
 
 
@@ -113,7 +116,7 @@ def test_outputs_and_accounting(built):
     assert len(info["occluder_set"]["version"]) == 64
     # Every entry found is accounted for: read = accepted + rejected, by reason.
     assert info["images"] == {"read": GOOD + len(BAD), "accepted": GOOD, "rejected": len(BAD)}
-    expected = {r: 0 for r in pipeline.REJECT_REASONS}
+    expected = {r: 0 for r in alignment.REJECT_REASONS}
     for reason in BAD.values():
         expected[reason] += 1
     expected["unreadable"] = 2
@@ -206,9 +209,9 @@ def _digest(out) -> dict[str, str]:
 def test_same_bytes_with_two_worker_processes(built, input_dir, tmp_path, occluders_dir):
     out, info = built
     out2 = tmp_path / "b"
-    info2 = build.build_dataset(str(input_dir), str(out2), **{**KW, "occluders_dir": str(occluders_dir)},
-                                pipeline_args=["--direct_running_mode=multi_processing",
-                                               "--direct_num_workers=2"])
+    info2 = build_lib.build_dataset(str(input_dir), str(out2), **{**KW, "occluders_dir": str(occluders_dir)},
+                                    pipeline_args=["--direct_running_mode=multi_processing",
+                                                   "--direct_num_workers=2"])
     assert _digest(out) == _digest(out2) and len(_digest(out)) >= 6
     assert info2 == info
 
@@ -218,7 +221,7 @@ def test_same_bytes_with_two_worker_processes(built, input_dir, tmp_path, occlud
 def test_refuses_to_overwrite_without_flag(built, input_dir):
     out, _ = built
     with pytest.raises(errors.OutputExistsError, match="--overwrite"):
-        build.build_dataset(str(input_dir), str(out), **KW)
+        build_lib.build_dataset(str(input_dir), str(out), **KW)
 
 
 def test_a_failed_overwrite_keeps_the_old_dataset(built, input_dir, tmp_path, monkeypatch):
@@ -232,16 +235,16 @@ def test_a_failed_overwrite_keeps_the_old_dataset(built, input_dir, tmp_path, mo
 
     monkeypatch.setattr(pipeline.WriteShardFn, "process", broken)
     with pytest.raises(Exception, match="disk full"):
-        build.build_dataset(str(input_dir), str(copy), **KW, overwrite=True, pipeline_args=IN_PROCESS)
+        build_lib.build_dataset(str(input_dir), str(copy), **KW, overwrite=True, pipeline_args=IN_PROCESS)
     assert _digest(copy) == before and features.read_dataset_info(str(copy)) == info
     assert not list(tmp_path.glob(".a.building-*"))
 
 
 def test_a_second_build_into_the_same_folder_refuses(input_dir, tmp_path):
     out = tmp_path / "ds"
-    with build.output_lock(str(out)):  # what a running build holds
-        with pytest.raises(build.OutputLockedError) as e:
-            build.build_dataset(str(input_dir / "people"), str(out), **KW)
+    with build_lib.output_lock(str(out)):  # what a running build holds
+        with pytest.raises(build_lib.OutputLockedError) as e:
+            build_lib.build_dataset(str(input_dir / "people"), str(out), **KW)
     line = errors.one_line(e.value)
     assert f"pid {os.getpid()}" in line and "being built by another data_prep run" in line
     assert not out.exists()
@@ -272,8 +275,8 @@ def test_a_killed_build_leaves_recognisable_leftovers(tmp_path, faces_dir):
         with pytest.raises(features.IncompleteDatasetError, match="unfinished"):
             read(str(out))
     # The next build takes the (released) lock, removes the leftovers and finishes.
-    info = build.build_dataset(str(photos), str(out), resolution=64, variants_per_face=1,
-                               pipeline_args=IN_PROCESS)
+    info = build_lib.build_dataset(str(photos), str(out), resolution=64, variants_per_face=1,
+                                   pipeline_args=IN_PROCESS)
     assert info["images"]["accepted"] == 2 and not leftover.exists()
     assert features.list_shards(str(out), "train")
 
@@ -297,8 +300,8 @@ def test_a_turned_head_beyond_the_limit_is_rejected_by_reason(tmp_path, faces_di
     photos.mkdir()
     shutil.copy(faces_dir / "100.jpg", photos / "frontal.jpg")                            # ~2 degrees
     shutil.copy(shared_dir / "data/lfw/Patrick_Stewart_0001.jpg", photos / "turned.jpg")  # ~40 degrees
-    info = build.build_dataset(str(photos), str(tmp_path / "ds"), resolution=64, variants_per_face=1,
-                               max_yaw=20, pipeline_args=IN_PROCESS)
+    info = build_lib.build_dataset(str(photos), str(tmp_path / "ds"), resolution=64, variants_per_face=1,
+                                   max_yaw=20, pipeline_args=IN_PROCESS)
     assert info["images"] == {"read": 2, "accepted": 1, "rejected": 1}
     row = (tmp_path / "ds" / "rejected.tsv").read_text().splitlines()[1].split("\t")
     assert row[0] == "turned.jpg" and row[2] == "implausible_landmarks" and "--max_yaw=20" in row[3]
@@ -306,18 +309,18 @@ def test_a_turned_head_beyond_the_limit_is_rejected_by_reason(tmp_path, faces_di
 
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(errors.InputNotFoundError, match="no-such-dir"):
-        build.build_dataset(str(tmp_path / "no-such-dir"), str(tmp_path / "o"), **KW)
+        build_lib.build_dataset(str(tmp_path / "no-such-dir"), str(tmp_path / "o"), **KW)
 
 
 def test_default_pipeline_args():
-    assert "--direct_running_mode=in_memory" in build.default_pipeline_args([], 10)
+    assert "--direct_running_mode=in_memory" in build_lib.default_pipeline_args([], 10)
     # In-process at any size: multi-processing lost records on a 31k-record build.
-    assert build.default_pipeline_args([], 8000) == ["--direct_running_mode=in_memory",
-                                                     "--direct_num_workers=1"]
-    assert build.default_pipeline_args(["--runner=DataflowRunner"], 1000) == ["--runner=DataflowRunner"]
-    assert build.default_pipeline_args(["--direct_running_mode", "multi_threading"], 5) == [
+    assert build_lib.default_pipeline_args([], 8000) == ["--direct_running_mode=in_memory",
+                                                         "--direct_num_workers=1"]
+    assert build_lib.default_pipeline_args(["--runner=DataflowRunner"], 1000) == ["--runner=DataflowRunner"]
+    assert build_lib.default_pipeline_args(["--direct_running_mode", "multi_threading"], 5) == [
         "--direct_running_mode", "multi_threading", "--direct_num_workers=0"]
-    assert build.default_pipeline_args(["--direct_num_workers=3"], 5) == ["--direct_num_workers=3"]
+    assert build_lib.default_pipeline_args(["--direct_num_workers=3"], 5) == ["--direct_num_workers=3"]
 
 
 # --- paired input -----------------------------------------------------------------
@@ -360,8 +363,8 @@ def test_paired_input_maskedface_net_layout(tmp_path, faces_dir):
             drawn[str(path.relative_to(occ_dir))] = (img, mask)
     _write(occ_dir / "99999_Mask.jpg", _read(faces_dir / "11.jpg"))  # no clean original
     out = tmp_path / "ds"
-    info = build.build_dataset(str(occ_dir), str(out), resolution=64, clean_dir=str(clean_dir),
-                               variants_per_face=3, pipeline_args=IN_PROCESS)
+    info = build_lib.build_dataset(str(occ_dir), str(out), resolution=64, clean_dir=str(clean_dir),
+                                   variants_per_face=3, pipeline_args=IN_PROCESS)
     assert info["images"] == {"read": 6, "accepted": 5, "rejected": 1}
     assert info["rejected"]["unpaired"] == 1 and info["categories"] == {"paired": 5}
     assert info["paired"]["clean_photos_unmatched"] == 0
@@ -407,8 +410,8 @@ def test_tfds_input(tmp_path, faces_dir):
                 yield i, {"image": img, "label": 0}
 
     data_dir = tmp_path / "tfds"
-    info = build.build_dataset("tfds:deocc_tiny_faces:train", str(tmp_path / "out"), resolution=64,
-                               variants_per_face=1, tfds_data_dir=str(data_dir))
+    info = build_lib.build_dataset("tfds:deocc_tiny_faces:train", str(tmp_path / "out"), resolution=64,
+                                   variants_per_face=1, tfds_data_dir=str(data_dir))
     assert info["images"] == {"read": 3, "accepted": 3, "rejected": 0}
     ids = sorted(features.decode_example(r)["source_id"]
                  for s in info["splits"] for r in _read_split(tmp_path / "out", s))
@@ -417,8 +420,8 @@ def test_tfds_input(tmp_path, faces_dir):
 
 def test_listing_reasons_are_reported(tmp_path):
     """Every listing reason has a counter slot in dataset_info.json."""
-    assert set(sources.LISTING_REASONS) <= set(pipeline.REJECT_REASONS)
-    assert len(set(pipeline.REJECT_REASONS)) == len(pipeline.REJECT_REASONS)
+    assert set(sources.LISTING_REASONS) <= set(alignment.REJECT_REASONS)
+    assert len(set(alignment.REJECT_REASONS)) == len(alignment.REJECT_REASONS)
 
 
 def test_records_lost_between_synthesis_and_shards_fail_the_build():
@@ -428,3 +431,60 @@ def test_records_lost_between_synthesis_and_shards_fail_the_build():
         pipeline.check_records({"train": 8, "test": 4}, {"train": 5, "test": 4})
     with pytest.raises(RuntimeError, match="'validation': 2"):
         pipeline.check_records({"train": 8, "validation": 2}, {"train": 8})
+
+
+# ---------------------------------------------------------------- empty results, paired sizes, GIF
+
+
+def test_prep_without_a_face_writes_nothing_and_train_refuses_an_empty_split(tmp_path, faces_dir):
+    from deocc_jax import train_lib
+
+    photos = tmp_path / "faceless"
+    photos.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(photos / f"wall{i}.png"), np.full((96, 96, 3), 60 + 90 * i, np.uint8))
+    out = tmp_path / "ds"
+    with pytest.raises(errors.UserError, match=r"no pair was made .*no_face 2"):
+        build_lib.build_dataset(str(photos), str(out), resolution=32, pipeline_args=IN_PROCESS)
+    assert not out.exists() and not list(tmp_path.glob(".ds.building*"))
+    # A dataset whose train split is empty (made by hand: prep no longer writes one).
+    data = pf.write_tiny_dataset(tmp_path / "empty_train", faces_dir,
+                                 splits={"train": 0, "validation": 2})
+    workdir = tmp_path / "run"
+    with pytest.raises(errors.InvalidInputError, match="train split holds no record"):
+        train_lib.train_and_evaluate(pf.tiny_config(data, num_train_steps=2), str(workdir))
+    assert not workdir.exists()
+
+
+def test_paired_sizes_must_match_and_an_animation_is_its_first_frame(tmp_path, faces_dir, caplog):
+    clean_dir, occ_dir = tmp_path / "clean", tmp_path / "occluded"
+    clean_dir.mkdir()
+    occ_dir.mkdir()
+    for stem, photo in (("a", "0.jpg"), ("b", "10.jpg")):
+        img = cv2.cvtColor(cv2.imread(str(faces_dir / photo)), cv2.COLOR_BGR2RGB)
+        if stem == "a":  # the clean original is an animated GIF: its first frame is the photo
+            frames = [Image.fromarray(img), Image.fromarray(255 - img)]
+            frames[0].save(clean_dir / "a.gif", save_all=True, append_images=frames[1:])
+            with Image.open(clean_dir / "a.gif") as gif:
+                img = np.asarray(gif.convert("RGB"))
+        else:
+            Image.fromarray(img).save(clean_dir / f"{stem}.png")
+        with FaceAnalyzer() as fa:
+            x0, y0, x1, y1 = (int(v) for v in largest_face(fa.detect(img)).bbox)
+        occluded = img.copy()  # a box over the mouth
+        occluded[y0 + (y1 - y0) * 7 // 10:y0 + (y1 - y0) * 9 // 10,
+                 x0 + (x1 - x0) // 4:x1 - (x1 - x0) // 4] = (20, 120, 220)
+        h, w = img.shape[:2]
+        if stem == "b":  # a half-size copy: not pixel-aligned with its original
+            occluded = cv2.resize(occluded, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        Image.fromarray(occluded).save(occ_dir / f"{stem}_Mask.png")
+    with caplog.at_level(logging.WARNING):
+        info = build_lib.build_dataset(str(occ_dir), str(tmp_path / "ds"), resolution=64,
+                                       clean_dir=str(clean_dir), splits="train=1",
+                                       pipeline_args=IN_PROCESS)
+    assert info["images"] == {"read": 2, "accepted": 1, "rejected": 1}
+    assert info["rejected"]["pair_mismatch"] == 1
+    rejected = (tmp_path / "ds" / "rejected.tsv").read_text()
+    assert "b_Mask.png" in rejected and "must be the same size" in rejected
+    said = [r.getMessage() for r in caplog.records if "a.gif" in r.getMessage()]
+    assert said and "2 frames" in said[0] and "first frame" in said[0]

@@ -11,6 +11,9 @@ from skimage.metrics import structural_similarity
 
 from deocc_jax import baselines, errors, eval_lib
 from deocc_jax.data import input_pipeline
+import cv2
+from deocc_jax import sharding
+from tests import pairs_fixture as pf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,3 +123,95 @@ def test_opencv_baselines_only_change_masked_pixels():
         assert np.any(out[~outside] != images[~outside]), name
     with pytest.raises(ValueError, match="masks must be uint8"):
         baselines.opencv_telea(images, masks[:1])
+
+
+# ---------------------------------------------------------------------------- one line per mistake
+
+
+def test_evaluate_batch_size_zero_is_one_line_without_traceback(empty_val_run, empty_val_data_dir):
+    proc = pf.run_binary("deocc_jax.evaluate", f"--model={empty_val_run['workdir']}",
+                         f"--data_dir={empty_val_data_dir}",
+                       "--split=train", "--batch_size=0", "--noface_metrics")
+    pf.assert_one_line_error(proc, "--batch_size=0", "must be a positive")
+
+
+# ----------------------------------------------------------------------------- realism, harm
+
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tmp_path_factory, faces_dir):
+    return pf.tiny_dataset(tmp_path_factory, faces_dir, resolution=32)
+
+
+def _method(name, fn, harm):
+    def run(batch, local):
+        del batch
+        out = fn(local["occluded"])
+        return {"deoccluded": out, "mask": (local["mask"] > 0).astype(np.float32)}
+    return eval_lib.Method(name, name, run, predicts_mask=True, harm=harm)
+
+
+def test_evaluator_reports_realism_and_harm(tiny_data_dir):
+    mesh = sharding.make_mesh()
+
+    def blur(x):
+        return np.stack([cv2.GaussianBlur(i, (0, 0), 2.0) for i in x])
+
+    def invert(x):
+        return 255 - x
+
+    methods = [_method("identity", lambda x: x.copy(), True), _method("blur", blur, True),
+               _method("invert", invert, True)]
+    batches = input_pipeline.make_eval_iterator(str(tiny_data_dir), "validation", 8)
+    result = eval_lib.Evaluator(mesh).run(batches, methods)
+    agg = {name: eval_lib.aggregate(result.per_image[name], result.categories)["overall"]
+           for name in result.per_image}
+    # Doing nothing keeps every remnant and all of the occluder's own detail; harms nothing.
+    assert agg["identity"]["remnants"] == pytest.approx(1.0)
+    assert agg["identity"]["harm_changed"] == 0.0 and agg["identity"]["harm_ok_share"] == 1.0
+    assert agg["blur"]["detail_ratio"] < 0.5
+    assert agg["invert"]["harm_changed"] > 0.5 and agg["invert"]["harm_ok_share"] == 0.0
+    # The harm pass sees the clean faces with empty masks.
+    assert agg["identity"]["harm_mask_area"] == 0.0
+    assert "detail_ratio" in agg["identity"] and agg["identity"]["count_dark"] >= 0
+    # A method without the harm pass reports no harm.
+    result = eval_lib.Evaluator(mesh).run(
+        input_pipeline.make_eval_iterator(str(tiny_data_dir), "validation", 8),
+        [_method("telea_like", lambda x: x.copy(), False)])
+    assert "harm_changed" not in eval_lib.aggregate(result.per_image["telea_like"],
+                                                    result.categories)["overall"]
+
+
+def test_aggregate_identity_against_doing_nothing_and_report():
+    n = 4
+    base = {"has_mask": np.ones(n), "psnr": np.ones(n), "face_found": np.ones(n, bool),
+            "clean_face_found": np.ones(n, bool),
+            "detail_num": np.ones(n), "detail_den": np.full(n, 2.0)}
+    model = dict(base, identity_distance=np.array([0.3, 0.5, 0.2, 0.1]),
+                 expression_error=np.zeros(n))
+    nothing = dict(base, identity_distance=np.array([0.4, 0.4, 0.3, 0.05]),
+                   expression_error=np.zeros(n))
+    cats = ["a", "a", "b", "b"]
+    agg = eval_lib.aggregate(model, cats, doing_nothing=nothing)
+    assert agg["overall"]["identity_closer_than_input"] == pytest.approx(0.5)
+    assert agg["overall"]["identity_closer_count"] == 4
+    assert agg["per_category"]["a"]["identity_closer_than_input"] == pytest.approx(0.5)
+    assert agg["overall"]["detail_ratio"] == pytest.approx(0.5)
+    assert "identity_closer_than_input" not in eval_lib.aggregate(nothing, cats)["overall"]
+    table = "\n".join(eval_lib.realism_table({"model": agg, "occluded_input":
+                                              eval_lib.aggregate(nothing, cats)}))
+    assert "| model | 0.500 | 0.275 | 50.0 % |" in table
+    assert "| occluded_input | 0.500 | 0.288 | – |" in table
+
+
+def test_validate_reports_realism(tiny_data_dir):
+    config, variables = pf.random_tiny(32)
+    config.data_dir = str(tiny_data_dir)
+    config.num_eval_examples = 8
+    config.num_sample_images = 0
+    config.batch_size = 8
+    values, _ = eval_lib.validate(sharding.make_mesh(), config, variables, split="validation")
+    for k in ("val_detail_ratio", "val_remnants", "val_harm_changed", "val_harm_ok_share",
+              "val_harm_mask_area"):
+        assert k in values and np.isfinite(values[k]), (k, values)
+    assert not any(k.startswith("val_count") for k in values)

@@ -13,6 +13,9 @@ from deocc_jax.data import input_pipeline
 from deocc_jax.exporters import check as export_check
 from deocc_jax.exporters import saved_model
 from deocc_jax.io.saved_model_runner import SavedModelRunner
+import os
+import subprocess
+from tests import pairs_fixture as pf
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +131,50 @@ def test_export_binary_writes_checked_onnx_and_litert_and_infer_runs_them(quicks
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.load(open(report))[0]["status"] == "restored"
     assert os.path.isfile(tmp_path / "o" / "demo_occluded.png")
+
+
+# ----------------------------------------------------------------------------- checked, then named
+
+
+RUN_STEPS = pf.EMPTY_VAL_STEPS  # of `empty_val_run` (conftest.py)
+
+
+def test_export_is_checked_before_it_gets_its_final_name(empty_val_run, tmp_path, monkeypatch):
+    from deocc_jax import export_lib
+    from deocc_jax.exporters import check as export_check
+    out = tmp_path / "exports"
+    target = out / str(RUN_STEPS)
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = out / f".{RUN_STEPS}.partial-{dead.pid}-abcdef"  # what a SIGKILLed export leaves
+    leftover.mkdir()
+    real_verify = export_check.verify_runner
+    checked = []
+
+    def spy(runner, *args, **kwargs):
+        checked.append(os.path.exists(target))
+        return real_verify(runner, *args, **kwargs)
+
+    monkeypatch.setattr(export_check, "verify_runner", spy)
+    meta = export_lib.export_model(str(empty_val_run["workdir"]), str(out), platforms=("cpu",),
+                                   log=lambda s: None)
+    assert checked == [False], "the export was checked under the name TF Serving loads"
+    assert meta["exports"]["saved_model"]["self_check"]["batches"] and (target / "saved_model.pb").is_file()
+    assert pf.listing(out)[0] == str(RUN_STEPS) and not leftover.exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    # --overwrite with a new export that fails its check: the old one stays served.
+    old = {p: (target / p).read_bytes() for p in pf.listing(target) if (target / p).is_file()}
+
+    def failing(runner, *args, **kwargs):
+        assert {p: (target / p).read_bytes() for p in old} == old  # still in place while checking
+        raise export_check.ExportCheckError("differs from the JAX model (injected)")
+
+    monkeypatch.setattr(export_check, "verify_runner", failing)
+    with pytest.raises(export_check.ExportCheckError):
+        export_lib.export_model(str(empty_val_run["workdir"]), str(out), platforms=("cpu",),
+                                overwrite=True, log=lambda s: None)
+    assert {p: (target / p).read_bytes() for p in pf.listing(target) if (target / p).is_file()} == old
+    assert (out / f"{RUN_STEPS}.failed_check" / "saved_model.pb").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

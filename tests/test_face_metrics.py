@@ -228,3 +228,17 @@ def test_requirements_eval_pins_the_identity_extra():
     assert set(face_metrics.IDENTITY_PACKAGES) <= pins
     dev = (REPO / "requirements-dev.txt").read_text().splitlines()
     assert "-r requirements-eval.txt" in dev  # CI installs it, so the identity tests run there
+
+
+# --------------------------------------------------------------------------- identity vs the input
+
+
+def test_closer_share():
+    d = np.array([0.3, 0.5, np.nan, 0.2, 0.4])
+    ref = np.array([0.4, 0.4, 0.1, np.nan, 0.5])
+    assert face_metrics.closer_share(d, ref) == (pytest.approx(2 / 3), 3)
+    assert face_metrics.closer_share(d, ref, np.array([0, 1, 1, 1, 0], bool)) == (0.0, 1)
+    assert face_metrics.closer_share(d, d) == (0.0, 4)   # the input against itself
+    assert face_metrics.closer_share(d[:0], ref[:0]) == (None, 0)
+    with pytest.raises(ValueError, match="shape"):
+        face_metrics.closer_share(d, ref[:2])

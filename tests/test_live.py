@@ -22,6 +22,9 @@ from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming import clips, mjpeg, session, virtualcam
 from deocc_jax.restoration.stabilize import StabilizerOptions
 from tests.test_live_parts import tiny_model
+import re
+import socket
+import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES, FPS = 50, 25.0  # a 2 s clip
@@ -291,3 +294,129 @@ def test_binary_reports_a_missing_camera_in_one_line():
     assert proc.returncode == errors.EXIT_USER_ERROR, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: camera 97 ") and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- signals, warm-up
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+
+
+# `python -m deocc_jax.live` with a fake model whose first call (the warm-up) takes argv[1]
+# seconds; the real landmarker, pipeline, encoder and signal handling.
+_LIVE = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from deocc_jax import live
+    from deocc_jax.streaming import session
+
+    WARMUP_S = float(sys.argv[1])
+
+    class Model:
+        resolution, guided, description, calls = 64, False, "fake model", 0
+
+        def __call__(self, images, masks=None):
+            self.calls += 1
+            if self.calls == 1:
+                print("warming up", flush=True)
+                time.sleep(WARMUP_S)
+            mask = np.zeros((len(images), 64, 64, 1), np.float32)
+            mask[:, 32:56, 16:48] = 1.0
+            return {"deoccluded": (255 - images).astype(np.uint8), "mask": mask}
+
+    session.open_model = lambda opts: Model()
+    sys.argv = ["live"] + sys.argv[2:]
+    live.run()
+""")
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    from deocc_jax import sample_photos
+    from deocc_jax.streaming import clips
+    c = clips.make_clip(sample_photos.face_photo_paths()[0], frames=250, size=(256, 192), fps=25.0)
+    return clips.write_clip(c, str(tmp_path_factory.mktemp("clip") / "long.mp4"), audio_hz=440.0)
+
+
+def _live(tmp_path, clip, warmup_s, wait_for, sig, after_s):
+    out = tmp_path / "o"
+    out.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LIVE, str(warmup_s), f"--input={clip}", "--realtime", "--quiet",
+         f"--output={out / 'rec.mp4'}", f"--report={out / 'report.json'}", "--serve=0",
+         f"--jax_cache_dir={tmp_path / 'jax'}", "--report_every=0.3"],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:
+            if re.search(wait_for, line):
+                break
+            assert time.time() < deadline
+        time.sleep(after_s)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err, out
+
+
+def test_sigterm_ends_live_like_sigint_keeping_the_recording(tmp_path, long_clip):
+    rc, err, out = _live(tmp_path, long_clip, 0, r"frames in \d+, out [1-9]", signal.SIGTERM, 1.0)
+    assert rc == 143 and "Traceback" not in err, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_by_signal"] == "SIGTERM" and 0 < report["frames_out"] < 250
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM: kept ") and str(out / "rec.mp4") in last, last
+    with av.open(str(out / "rec.mp4")) as c:  # playable, every recorded frame in it
+        assert sum(1 for _ in c.decode(video=0)) == report["file_frames_written"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["rec.mp4", "report.json"]  # no .partial
+    # Ctrl-C during the model's warm-up (not cut short: XLA may be compiling): the same
+    # clean end once it returns, before any frame, nothing half-written.
+    rc, err, out = _live(tmp_path / "int", long_clip, 4, "warming up", signal.SIGINT, 0.5)
+    assert rc == 130 and "Traceback" not in err, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_by_signal"] == "SIGINT" and report["frames_out"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
+def test_stream_shows_a_starting_frame_while_the_model_warms_up(long_clip):
+    import threading
+    from deocc_jax.streaming import mjpeg, session
+
+    class SlowStart:
+        resolution, guided, description, calls = 64, False, "slow start", 0
+
+        def __call__(self, images, masks=None):
+            self.calls += 1
+            if self.calls == 1:
+                time.sleep(5.0)  # compiling; the client below gives up after 2 s of silence
+            return {"deoccluded": images, "mask": np.zeros((len(images), 64, 64, 1), np.float32)}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    got = {}
+
+    def client():
+        deadline = time.time() + 30
+        while True:
+            try:
+                got.update(mjpeg.read_stream(f"http://127.0.0.1:{port}/stream.mjpg", max_frames=5,
+                                             max_seconds=20, timeout_s=2.0))
+                return
+            except ConnectionRefusedError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                got["error"] = repr(e)
+                return
+
+    reader = threading.Thread(target=client, daemon=True)
+    reader.start()
+    session.run(session.LiveOptions(input=long_clip, realtime=True, serve=port, quiet=True,
+                                    max_frames=60), model=SlowStart(), log=lambda _: None)
+    reader.join(30)
+    assert "error" not in got, got.get("error")
+    assert got["placeholders"] >= 3 and got["frames"] == 5

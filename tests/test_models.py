@@ -16,6 +16,18 @@ CONFIGS = {"unet_l1": unet_l1, "pix2pix": pix2pix, "deocc": deocc, "tiny": tiny,
            "reference": reference, "realtime": realtime}
 
 
+def _conv_from_s2d_kernel(k2: jax.Array) -> jax.Array:
+    """Inverse of `layers.s2d_kernel_from_conv`."""
+    c, co = k2.shape[2] // 4, k2.shape[3]
+    return k2.reshape(2, 2, 2, 2, c, co).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, c, co)
+
+
+def _conv_transpose_from_subpixel_kernel(k2: jax.Array) -> jax.Array:
+    """Inverse of `layers.subpixel_kernel_from_conv_transpose`."""
+    c, co = k2.shape[2], k2.shape[3] // 4
+    return k2.reshape(2, 2, c, 2, 2, co).transpose(0, 3, 1, 4, 2, 5).reshape(4, 4, c, co)
+
+
 def _count(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
@@ -146,13 +158,13 @@ def _values_and_grads(fn, variables, x):
 
 
 def _ref_down(k2, x):
-    kernel = layers.conv_from_s2d_kernel(k2)
+    kernel = _conv_from_s2d_kernel(k2)
     return nn.Conv(k2.shape[-1], (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                    use_bias=False).apply({"params": {"kernel": kernel}}, x)
 
 
 def _ref_up(k2, x):
-    kernel = layers.conv_transpose_from_subpixel_kernel(k2)
+    kernel = _conv_transpose_from_subpixel_kernel(k2)
     return nn.ConvTranspose(k2.shape[-1] // 4, (4, 4), strides=(2, 2), padding="SAME",
                             use_bias=False).apply({"params": {"kernel": kernel}}, x)
 
@@ -209,9 +221,9 @@ def test_kernel_layout_bijections_round_trip():
     k = jax.random.normal(jax.random.key(0), (4, 4, 3, 5))
     assert layers.s2d_kernel_from_conv(k).shape == (2, 2, 12, 5)
     assert layers.subpixel_kernel_from_conv_transpose(k).shape == (2, 2, 3, 20)
-    np.testing.assert_array_equal(layers.conv_from_s2d_kernel(layers.s2d_kernel_from_conv(k)), k)
+    np.testing.assert_array_equal(_conv_from_s2d_kernel(layers.s2d_kernel_from_conv(k)), k)
     np.testing.assert_array_equal(
-        layers.conv_transpose_from_subpixel_kernel(layers.subpixel_kernel_from_conv_transpose(k)), k)
+        _conv_transpose_from_subpixel_kernel(layers.subpixel_kernel_from_conv_transpose(k)), k)
 
 
 def test_conv_bias_dtype_and_bad_impl():

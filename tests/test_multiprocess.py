@@ -57,8 +57,8 @@ def test_two_processes_agree_with_one(tmp_path_factory, faces_dir, tmp_path):
     result = train_lib.train_and_evaluate(config, str(single))
 
     setup = train_lib.build_setup(config, sharding.make_mesh())
-    a = jax.device_get(train_lib.state_items(train_lib.load_train_state(setup, str(single), STEPS)))
-    b = jax.device_get(train_lib.state_items(train_lib.load_train_state(setup, str(multi), STEPS)))
+    a = jax.device_get(train_lib.state_items(pf.load_train_state(setup, str(single), STEPS)))
+    b = jax.device_get(train_lib.state_items(pf.load_train_state(setup, str(multi), STEPS)))
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b)
     for x, y in zip(leaves_a, leaves_b):

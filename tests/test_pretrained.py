@@ -15,6 +15,12 @@ MAX_BYTES = 40 * 2**20  # the project's limit per shipped model
 REQUIRED_METHODS = ("model", "occluded_input", "opencv_telea", "opencv_ns")
 
 
+def _rounded_to(variables: dict, dtype: str) -> dict:
+    """float32 variables holding exactly the values a `dtype` copy stores (what ships)."""
+    return jax.tree.map(lambda x: np.asarray(x).astype(dtype).astype(np.float32),
+                        jax.device_get(variables))
+
+
 def _folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -67,7 +73,7 @@ def test_init_from_reads_a_pretrained_folder_and_refuses_another_architecture(tm
     finetune = config.copy_and_resolve_references()
     finetune.init_from = str(tmp_path / "m")
     got = train_lib.initial_generator(finetune)
-    want = loading.rounded_to(variables, "float16")
+    want = _rounded_to(variables, "float16")
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -9,6 +9,9 @@ import pytest
 from deocc_jax import checkpointing, loading, models, sharding, steps, train_lib
 from deocc_jax.data import input_pipeline
 from tests import pairs_fixture as pf
+import signal
+import subprocess
+from deocc_jax import errors
 
 
 
@@ -152,3 +155,91 @@ def test_schedules():
     o.warmup_steps = 10
     s = steps.make_schedule(o, 100)
     assert float(s(0)) == 0.0 and float(s(10)) == pytest.approx(1.0) and float(s(100)) < 1e-6
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+RUN_STEPS = pf.EMPTY_VAL_STEPS  # of `empty_val_run` (conftest.py)
+
+
+def test_refused_resume_leaves_config_json_untouched(empty_val_run, empty_val_data_dir, tmp_path):
+    workdir = pf.copy_workdir(empty_val_run["workdir"], tmp_path)
+    before = (workdir / "config.json").read_bytes()
+    other = pf.empty_val_config(empty_val_data_dir, **{"model.generator.base_width": 16})
+    with pytest.raises(errors.UserError, match="different model config"):
+        train_lib.train_and_evaluate(other, str(workdir))
+    assert (workdir / "config.json").read_bytes() == before
+    # As a binary: one line, no traceback, still untouched.
+    proc = pf.run_binary("deocc_jax.train", "--config=configs/tiny.py",
+                         f"--config.data_dir={empty_val_data_dir}",
+                       f"--workdir={workdir}", "--config.model.generator.base_width=16")
+    pf.assert_one_line_error(proc, "different model config")
+    assert (workdir / "config.json").read_bytes() == before
+
+
+def test_nan_message_names_only_a_checkpoint_that_restored_clean(empty_val_run, empty_val_data_dir, tmp_path,
+                                                                 monkeypatch):
+    # The restored state holds a NaN, as a damaged file can produce.
+    real = train_lib.state_from_items
+
+    def poisoned(setup, step, items):
+        state = real(setup, step, items)
+        params = jax.tree.map(lambda x: x * np.float32("nan"), state.g.params)
+        return state.replace(g=state.g.replace(params=params))
+
+    monkeypatch.setattr(train_lib, "state_from_items", poisoned)
+    config = pf.empty_val_config(empty_val_data_dir, num_train_steps=RUN_STEPS + 2, log_every_steps=1,
+                                 eval_every_steps=0)
+    unverified = pf.copy_workdir(empty_val_run["workdir"], tmp_path, "old")
+    # Step RUN_STEPS as an older deocc wrote it: nothing to verify it with.
+    (unverified / "checkpoints" / str(RUN_STEPS) / "deocc_checksums.json").unlink(missing_ok=True)
+    with pytest.raises(FloatingPointError) as info:
+        train_lib.train_and_evaluate(config, str(unverified))
+    message = str(info.value)
+    assert f"NaN/Inf at step {RUN_STEPS + 1}" in message
+    assert "last good checkpoint" not in message and "no checkpoint is known to be good" in message
+    assert isinstance(info.value, errors.UserError)  # one line from the binary
+    # Verified at restore: that one is named (the NaN came after it).
+    verified = pf.copy_workdir(empty_val_run["workdir"], tmp_path, "new")
+    with pytest.raises(FloatingPointError, match=f"the last good checkpoint is step {RUN_STEPS} in "):
+        train_lib.train_and_evaluate(config, str(verified))
+
+
+def test_empty_validation_split_warns_and_best_falls_back(empty_val_run, caplog):
+    assert empty_val_run["result"]["step"] == RUN_STEPS and empty_val_run["result"]["eval"] == {}
+    assert any("split" in m and "is empty" in m and "without validation" in m
+               for m in empty_val_run["warnings"]), empty_val_run["warnings"]
+    with caplog.at_level("WARNING"):
+        model = loading.load_model(str(empty_val_run["workdir"]), "best")
+    assert model.step == RUN_STEPS
+    assert any("--checkpoint=best" in r.getMessage() and f"using the latest, step {RUN_STEPS}" in
+               r.getMessage() for r in caplog.records)
+
+
+def test_ctrl_c_in_training_saves_like_sigterm(tmp_path, faces_dir):
+    from deocc_jax import checkpointing
+    data = pf.write_tiny_dataset(tmp_path / "data", faces_dir, splits={"train": 8})
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(pf.train_command(workdir, data, num_train_steps=100000,
+                                             checkpoint_every_steps=1000, eval_every_steps=0,
+                                             log_every_steps=1),
+                            cwd=pf.REPO, env=pf.subprocess_env(num_devices=1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # once a step is done (compiling may take minutes on a busy CPU)
+            lines.append(line)
+            if "step 2/100000" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+        err = "".join(lines) + err
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "saved checkpoint at step" in err and "stopped early" in err and "SIGINT" in err
+    ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    assert len(steps) == 1 and 0 < steps[0] < 1000, steps

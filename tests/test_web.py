@@ -49,11 +49,13 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from configs import tiny
-from deocc_jax import errors, export_lib, infer_lib, loading, models, predictors, sample_photos, web
+from deocc_jax import errors, export_lib, infer_lib, loading, models, predictors, sample_photos, web_lib
 from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer, largest_face
 from deocc_jax.restoration import blend, frames
 from launch import demo_photo
+import pathlib
+import time
 
 CHROMIUM = os.environ.get("DEOCC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -109,12 +111,12 @@ def chromium() -> str:
 def web_build() -> str:
     """web/dist, rebuilt (offline, seconds) when web/src changed and node_modules is there."""
     try:
-        return web.check_build()
+        return web_lib.check_build()
     except errors.UserError as e:
-        if not os.path.isdir(os.path.join(web.WEB_DIR, "node_modules")) or not shutil.which("npm"):
+        if not os.path.isdir(os.path.join(web_lib.WEB_DIR, "node_modules")) or not shutil.which("npm"):
             pytest.fail(str(e))
-    subprocess.run(["npm", "run", "build"], cwd=web.WEB_DIR, check=True, stdout=subprocess.DEVNULL)
-    return web.check_build()
+    subprocess.run(["npm", "run", "build"], cwd=web_lib.WEB_DIR, check=True, stdout=subprocess.DEVNULL)
+    return web_lib.check_build()
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +236,7 @@ def write_demo_photo(out_dir: str) -> str:
 @contextlib.contextmanager
 def serving(model_path: str):
     """`deocc_jax.web`'s server for `model_path` on a free loopback port, in a thread."""
-    srv = web.PageServer(model_path, port=0)
+    srv = web_lib.PageServer(model_path, port=0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -595,10 +597,10 @@ def _free_port() -> int:
 
 def test_cli_serves_on_loopback_and_reports_a_busy_port(onnx_model, web_build):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(web.REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        [str(web_lib.REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     port = _free_port()
     cmd = [sys.executable, "-m", "deocc_jax.web", f"--model={onnx_model}", f"--port={port}"]
-    proc = subprocess.Popen(cmd, env=env, cwd=web.REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, cwd=web_lib.REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -614,7 +616,7 @@ def test_cli_serves_on_loopback_and_reports_a_busy_port(onnx_model, web_build):
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"),
                                    timeout=10)
-        busy = subprocess.run(cmd, env=env, cwd=web.REPO, capture_output=True, text=True,
+        busy = subprocess.run(cmd, env=env, cwd=web_lib.REPO, capture_output=True, text=True,
                               timeout=60)
         assert busy.returncode == errors.EXIT_USER_ERROR
         assert busy.stderr.strip() == (f"error: port {port} on 127.0.0.1 is already in use; pass "
@@ -643,25 +645,25 @@ def _guided_onnx(path: str) -> str:
 
 def test_server_errors_are_one_line(onnx_model, web_build, tmp_path):
     with pytest.raises(errors.InputNotFoundError, match=r"--model '.*nope.onnx' does not exist"):
-        web.PageServer(str(tmp_path / "nope.onnx"), port=0)
+        web_lib.PageServer(str(tmp_path / "nope.onnx"), port=0)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     with pytest.raises(errors.InvalidInputError, match="not an ONNX model"):
-        web.PageServer(str(bad), port=0)
+        web_lib.PageServer(str(bad), port=0)
     guided = _guided_onnx(str(tmp_path / "guided.onnx"))
     with pytest.raises(errors.InvalidInputError, match="a guided model"):
-        web.PageServer(guided, port=0)
+        web_lib.PageServer(guided, port=0)
     # A web/ folder whose page was never built names the build command.
     unbuilt = tmp_path / "web"
-    shutil.copytree(web.WEB_DIR, unbuilt, ignore=shutil.ignore_patterns("node_modules", "dist"))
-    with pytest.raises(errors.InputNotFoundError, match=re.escape(web.BUILD_COMMAND)):
-        web.PageServer(onnx_model, port=0, web_dir=str(unbuilt))
+    shutil.copytree(web_lib.WEB_DIR, unbuilt, ignore=shutil.ignore_patterns("node_modules", "dist"))
+    with pytest.raises(errors.InputNotFoundError, match=re.escape(web_lib.BUILD_COMMAND)):
+        web_lib.PageServer(onnx_model, port=0, web_dir=str(unbuilt))
     # A build older than its sources too.
-    shutil.copytree(os.path.join(web.WEB_DIR, "dist"), unbuilt / "dist")
+    shutil.copytree(os.path.join(web_lib.WEB_DIR, "dist"), unbuilt / "dist")
     with open(unbuilt / "src" / "main.js", "a") as f:
         f.write("\n// edited\n")
     with pytest.raises(errors.InputNotFoundError, match="rebuild it with"):
-        web.PageServer(onnx_model, port=0, web_dir=str(unbuilt))
+        web_lib.PageServer(onnx_model, port=0, web_dir=str(unbuilt))
 
 
 # ----------------------------------------------------------------------------- the screenshot
@@ -696,7 +698,7 @@ def make_screenshot(model_path: str, out_path: str, *, chromium: str = CHROMIUM,
     if not os.path.isfile(chromium):
         raise errors.InputNotFoundError(f"{chromium} not found; install Chromium "
                                         "(`apt-get install -y chromium`) or pass --chromium")
-    web.check_build()
+    web_lib.check_build()
     with tempfile.TemporaryDirectory() as tmp, serving(model_path) as srv, \
             sync_playwright() as p:
         photo_path = photo_path or write_demo_photo(tmp)
@@ -745,3 +747,61 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- bad paths, hang-ups
+
+
+def _fake_web_dir(root: pathlib.Path) -> pathlib.Path:
+    """A web/ folder with a current build: what check_build accepts, without npm."""
+    (root / "src").mkdir(parents=True)
+    for name in ("build.mjs", "package.json", "package-lock.json", "src/app.ts"):
+        (root / name).write_text(f"// {name}\n")
+    dist = root / "dist"
+    dist.mkdir()
+    (dist / "index.html").write_text("<!doctype html>")
+    (dist / "app.js").write_text("console.log(1);\n")
+    (dist / "big.wasm").write_bytes(os.urandom(1 << 16) * 512)  # 32 MiB: outlasts socket buffers
+    (dist / "build.json").write_text(json.dumps({"source_sha256": web_lib.source_hash(str(root)),
+                                                 "vendor": []}))
+    return root
+
+
+def _status(port: int, raw_path: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {raw_path} HTTP/1.0\r\n\r\n".encode())
+        head = s.recv(200)
+    assert head, f"{raw_path}: the server dropped the connection without an answer"
+    return int(head.split()[1])
+
+
+def test_web_server_answers_bad_paths_and_takes_hang_ups_quietly(tmp_path, monkeypatch, capfd):
+    import threading
+    monkeypatch.setattr(web_lib, "model_info", lambda path: {"name": "m.onnx", "resolution": 64, "bytes": 1})
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    srv = web_lib.PageServer(str(model), port=0, web_dir=str(_fake_web_dir(tmp_path / "web")))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    port = srv.server_address[1]
+    try:
+        assert _status(port, "/app.js") == 200
+        for bad in ("/app.js%00.html", "/%00", "/app%0a.js", "/%ff%fe.js"):
+            assert _status(port, bad) == 400, bad
+        for missing in ("/nope.js", "/../../etc/passwd", "/" + "a" * 5000):
+            assert _status(port, missing) == 404, missing
+        for _ in range(3):  # downloads the client abandons
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST
+                s.sendall(b"GET /big.wasm HTTP/1.0\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.0 200")
+        time.sleep(1.0)
+        assert _status(port, "/index.html") == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if "code 400" in line]
+    assert len(lines) == 4 and all("bad path" in line for line in lines), err

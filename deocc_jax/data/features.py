@@ -298,10 +298,6 @@ def decode_example(serialized: bytes, source: str = "<record>") -> dict[str, Any
     return out
 
 
-def pair_from_dict(d: Mapping[str, Any]) -> Pair:
-    return Pair(**{k: d[k] for k in (f.name for f in dataclasses.fields(Pair))})
-
-
 def feature_spec_json() -> dict[str, dict[str, str]]:
     """The spec as written into dataset_info.json."""
     return {k: {"kind": kind, "description": desc} for k, (kind, desc) in FEATURE_SPEC.items()}

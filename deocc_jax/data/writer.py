@@ -12,6 +12,7 @@ from typing import Iterable
 from array_record.python import array_record_module
 
 from deocc_jax.data import features
+from deocc_jax.io import atomic
 
 # group_size:1 keeps every record independently addressable, which grain's
 # random access (global shuffle) needs; deterministic bytes for equal input.
@@ -22,8 +23,11 @@ def write_shard(output_dir: str, split: str, index: int, num_shards: int,
                 records: Iterable[bytes]) -> dict[str, int]:
     """Writes one shard in both formats; returns {"num_records": n}.
 
-    Files are written to a temporary name and renamed, so a crash never leaves
-    a half-written shard under the final name.
+    Each file is written to a hidden temporary sibling, fsynced and renamed
+    (`io.atomic`), so a crash never leaves a half-written shard under the final
+    name. An existing shard of the same name is replaced: the folder is the
+    build's own staging folder, where one is only ever the same shard written
+    by a retried Beam bundle (same records, same bytes).
     """
     import tensorflow as tf  # TFRecord framing (CRCs) from the reference writer.
 
@@ -31,17 +35,22 @@ def write_shard(output_dir: str, split: str, index: int, num_shards: int,
     os.makedirs(output_dir, exist_ok=True)
     tf_path = os.path.join(output_dir, features.shard_name(split, "tfrecord", index, num_shards))
     ar_path = os.path.join(output_dir, features.shard_name(split, "array_record", index, num_shards))
-    with tf.io.TFRecordWriter(tf_path + ".tmp") as w:
-        for r in records:
-            w.write(r)
-    w = array_record_module.ArrayRecordWriter(ar_path + ".tmp", ARRAY_RECORD_OPTIONS)
+    tf_tmp, ar_tmp = atomic.temp_sibling(tf_path), atomic.temp_sibling(ar_path)
     try:
-        for r in records:
-            w.write(r)
+        with tf.io.TFRecordWriter(tf_tmp) as w:
+            for r in records:
+                w.write(r)
+        w = array_record_module.ArrayRecordWriter(ar_tmp, ARRAY_RECORD_OPTIONS)
+        try:
+            for r in records:
+                w.write(r)
+        finally:
+            w.close()
+        atomic.publish_file(tf_tmp, tf_path, replace=True)
+        atomic.publish_file(ar_tmp, ar_path, replace=True)
     finally:
-        w.close()
-    os.replace(tf_path + ".tmp", tf_path)
-    os.replace(ar_path + ".tmp", ar_path)
+        atomic.remove_quietly(tf_tmp)
+        atomic.remove_quietly(ar_tmp)
     return {"num_records": len(records)}
 
 

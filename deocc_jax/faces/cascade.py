@@ -41,6 +41,10 @@ MIN_PRESENCE = 0.5
 # The landmarks' eye centres must lie within this fraction of the upright
 # detection's eye distance from its eye keypoints (both eyes).
 MAX_EYE_OFFSET = 0.5
+# The same for faces MediaPipe's own detector proposed: on a head turned 45 degrees
+# the full-range detector's eye keypoints drift by up to about 0.6 eye distances
+# (LFW's profile photos); 1.0 let a microscopy image through (benchmarks.detection).
+LANDMARKER_MAX_EYE_OFFSET = 0.7
 # Detections at least this sure count (the upright one in `verify` too). A
 # landmarker face is kept when `verify` agrees or when a whole-photo detection
 # at least STRONG_CONFIRM_SCORE sure lies centred in it (the landmarker's false
@@ -60,9 +64,11 @@ MAX_CHECKS = 16
 # that face's landmark box, or when the two landmark boxes overlap this much.
 SAME_FACE_IOU = 0.3
 # Smallest face handled by default: the face box's longer side, photo px.
-# Measured (benchmarks/detection.py, "min_face_px" sweep: faces/ photos shrunk
-# and pasted into a 1280 x 960 scene): below this few faces are found and the
-# landmarks of those that are drift by a large share of the eye distance.
+# Measured (benchmarks/detection.py, "min_face_px" sweep: 20 faces/ photos
+# shrunk and pasted into a 1280 x 960 scene): 19 of 20 found at 12 and 16 px,
+# all from 20; the median 5-point landmark error 0.106 eye distances at 12 px,
+# 0.057 at 16, 0.048 at 20. Smaller faces also cost more: photos are searched
+# in tiles of 16 x min_face_px.
 DEFAULT_MIN_FACE_PX = 16
 
 NONE_DETECTED = "none detected"
@@ -93,7 +99,7 @@ def keep_landmarker_face(image_rgb: np.ndarray, landmarks: np.ndarray,
     """Whether a face the landmarker found in a photo is confirmed by the full-range detector."""
     if confirm_score(landmarks, detections) >= STRONG_CONFIRM_SCORE:
         return True
-    return verify(image_rgb, landmarks, detector) is None
+    return verify(image_rgb, landmarks, detector, LANDMARKER_MAX_EYE_OFFSET) is None
 
 
 def upright_detection(image_rgb: np.ndarray, landmarks: np.ndarray,
@@ -119,12 +125,15 @@ def upright_detection(image_rgb: np.ndarray, landmarks: np.ndarray,
     return (hits[0] if hits else None), pts
 
 
-def fits_face(det: blazeface.Detection | None, landmarks: np.ndarray) -> str | None:
+def fits_face(det: blazeface.Detection | None, landmarks: np.ndarray,
+              max_eye_offset: float = MAX_EYE_OFFSET) -> str | None:
     """None when a detection and landmarks agree on a face, else why not (one phrase).
 
     Args:
       det: the detection (upright, see `upright_detection`), or None.
       landmarks: [478, 2] in `det`'s coordinates.
+      max_eye_offset: how far (in eye distances) the landmarks' eyes may be from
+        the detector's.
     """
     if det is None or det.score < CONFIRM_SCORE:
         return "no detection on the upright face"
@@ -134,7 +143,7 @@ def fits_face(det: blazeface.Detection | None, landmarks: np.ndarray) -> str | N
     if eye_dist <= 0:
         return "detector eyes coincide"
     offset = max(np.linalg.norm(right - kp_r), np.linalg.norm(left - kp_l)) / eye_dist
-    if offset > MAX_EYE_OFFSET:
+    if offset > max_eye_offset:
         return f"landmark eyes {offset:.2f} eye distances from the detector's"
     ratio = float(np.linalg.norm(left - right)) / max(det.size, 1e-6)
     if not EYE_TO_BOX[0] <= ratio <= EYE_TO_BOX[1]:
@@ -142,11 +151,11 @@ def fits_face(det: blazeface.Detection | None, landmarks: np.ndarray) -> str | N
     return None
 
 
-def verify(image_rgb: np.ndarray, landmarks: np.ndarray, detector: blazeface.FullRangeDetector
-           ) -> str | None:
+def verify(image_rgb: np.ndarray, landmarks: np.ndarray, detector: blazeface.FullRangeDetector,
+           max_eye_offset: float = MAX_EYE_OFFSET) -> str | None:
     """None when the face's landmarks and an upright re-detection agree; else why not."""
     upright, pts = upright_detection(image_rgb, landmarks, detector)
-    return fits_face(upright, pts)
+    return fits_face(upright, pts, max_eye_offset)
 
 
 @dataclasses.dataclass

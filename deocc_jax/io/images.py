@@ -188,6 +188,23 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, keep_alph
         raise DecodeError(UNREADABLE, f"{type(e).__name__}: {e}", path) from None
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of one local image file, with `read_image`'s errors.
+
+    Raises:
+      errors.InputNotFoundError: the file does not exist.
+      DecodeError: it cannot be read (permissions, a folder...); the message names it.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise errors.InputNotFoundError(f"{os.fsdecode(path)}: no such file") from None
+    except OSError as e:  # permissions, a folder, a vanished file...
+        raise DecodeError(UNREADABLE, f"cannot read file: {e.strerror or e}",
+                          os.fsdecode(path)) from None
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *,
                keep_alpha: bool = False) -> np.ndarray:
     """Reads and decodes one local image file (see `decode_image`).
@@ -196,12 +213,20 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *,
       errors.InputNotFoundError: the file does not exist.
       DecodeError: it exists but cannot become an image; the message names it.
     """
-    name = os.fsdecode(path)
+    return decode_image(read_file(path), max_pixels, keep_alpha=keep_alpha, path=os.fsdecode(path))
+
+
+def animation_frames(data: bytes) -> int:
+    """Frames of an animated image (GIF, APNG, WebP, multi-page TIFF); 1 for a still one.
+
+    `decode_image` keeps the first frame; callers that take an animation as a
+    photo say so with this count. Only the header and a second frame's
+    presence are read (`is_animated`), and only for formats that can animate.
+    """
+    if not data.startswith((b"GIF8", b"\x89PNG", b"RIFF", b"II*\x00", b"MM\x00*")):
+        return 1
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise errors.InputNotFoundError(f"{name}: no such file") from None
-    except OSError as e:  # permissions, a folder, a vanished file...
-        raise DecodeError(UNREADABLE, f"cannot read file: {e.strerror or e}", name) from None
-    return decode_image(data, max_pixels, keep_alpha=keep_alpha, path=name)
+        with Image.open(io.BytesIO(data)) as im:
+            return int(getattr(im, "n_frames", 1)) if getattr(im, "is_animated", False) else 1
+    except Exception:  # noqa: BLE001 - decode_image judges whether the file is readable
+        return 1

@@ -107,6 +107,7 @@ class WorkdirLock:
             return self
         os.makedirs(self.workdir, exist_ok=True)
         for _ in range(20):  # retried only if the file is replaced under us
+            # writer-policy: exempt (a lock file, flock'd in place; its text only names the holder)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -186,12 +186,6 @@ def s2d_kernel_from_conv(k: jax.Array) -> jax.Array:
     return k.reshape(2, 2, 2, 2, c, co).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, co)
 
 
-def conv_from_s2d_kernel(k2: jax.Array) -> jax.Array:
-    """Inverse of `s2d_kernel_from_conv`."""
-    c, co = k2.shape[2] // 4, k2.shape[3]
-    return k2.reshape(2, 2, 2, 2, c, co).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, c, co)
-
-
 def subpixel_kernel_from_conv_transpose(k: jax.Array) -> jax.Array:
     """nn.ConvTranspose (4, 4, Cin, Cout) kernel ("SAME", s2) -> UpConv's (2, 2, Cin, 4*Cout).
 
@@ -201,12 +195,6 @@ def subpixel_kernel_from_conv_transpose(k: jax.Array) -> jax.Array:
     """
     c, co = k.shape[2:]
     return k.reshape(2, 2, 2, 2, c, co).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c, 4 * co)
-
-
-def conv_transpose_from_subpixel_kernel(k2: jax.Array) -> jax.Array:
-    """Inverse of `subpixel_kernel_from_conv_transpose`."""
-    c, co = k2.shape[2], k2.shape[3] // 4
-    return k2.reshape(2, 2, c, 2, 2, co).transpose(0, 3, 1, 4, 2, 5).reshape(4, 4, c, co)
 
 
 class _ConvBase(nn.Module):

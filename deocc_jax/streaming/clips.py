@@ -23,6 +23,7 @@ from deocc_jax import infer_lib
 from deocc_jax.faces import FaceAnalyzer, largest_face
 from deocc_jax.faces import landmarks as lmk
 from deocc_jax.faces.align import transform_landmarks
+from deocc_jax.io import atomic
 from deocc_jax.io import video as video_io
 
 # Motions of the standard clips: (pan and zoom amplitude, as a fraction of the frame).
@@ -173,7 +174,7 @@ def standard_clips(photos: Sequence[str], *, frames: int = 48, size: tuple[int, 
 
 
 def write_clip(clip: Clip, path: str, *, which: str = "occluded", audio_hz: float | None = None,
-               audio_rate: int = 16000) -> str:
+               audio_rate: int = 16000, overwrite: bool = False) -> str:
     """Writes a clip's frames as an H.264 video at its frame rate.
 
     Args:
@@ -183,20 +184,37 @@ def write_clip(clip: Clip, path: str, *, which: str = "occluded", audio_hz: floa
       audio_hz: also write a mono AAC track: a sine tone of this frequency
         lasting the clip (to check that audio survives processing).
       audio_rate: its sample rate.
+      overwrite: replace an existing `path` (else refused, `io.atomic`'s policy).
 
     Returns:
       `path`.
+
+    Raises:
+      errors.OutputExistsError: `path` exists and not `overwrite`.
     """
     frames = getattr(clip, which)
     h, w = frames.shape[1:3]
     if audio_hz is None:
-        with video_io.VideoWriter(path, clip.fps, w, h) as writer:
+        with video_io.VideoWriter(path, clip.fps, w, h, overwrite=overwrite) as writer:
             for f in frames:
                 writer.write(f)
         return path
+    atomic.refuse_existing(path, overwrite=overwrite)
+    temp = atomic.temp_sibling(path)  # keeps the extension: FFmpeg picks the container by it
+    try:
+        _write_clip_with_tone(frames, temp, clip.fps, audio_hz, audio_rate)
+        atomic.publish_file(temp, path, replace=overwrite)
+    finally:
+        atomic.remove_quietly(temp)
+    return path
+
+
+def _write_clip_with_tone(frames: np.ndarray, path: str, fps: float, audio_hz: float,
+                          audio_rate: int) -> None:
     import av  # heavy (FFmpeg): only when a clip with audio is written
-    rate = fractions.Fraction(clip.fps).limit_denominator(1001 * 1000)
-    with av.open(path, "w") as out:
+    h, w = frames.shape[1:3]
+    rate = fractions.Fraction(fps).limit_denominator(1001 * 1000)
+    with av.open(path, "w") as out:  # writer-policy: exempt (io.atomic's temporary sibling)
         vs = out.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         aus = out.add_stream("aac", rate=audio_rate)
@@ -208,7 +226,7 @@ def write_clip(clip: Clip, path: str, *, which: str = "occluded", audio_hz: floa
                 out.mux(p)
         for p in vs.encode():
             out.mux(p)
-        n = int(round(audio_rate * len(frames) / clip.fps))
+        n = int(round(audio_rate * len(frames) / fps))
         tone = (0.3 * np.sin(2 * np.pi * audio_hz * np.arange(n) / audio_rate)).astype(np.float32)
         for start in range(0, n, 1024):
             chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp",
@@ -219,4 +237,3 @@ def write_clip(clip: Clip, path: str, *, which: str = "occluded", audio_hz: floa
                 out.mux(p)
         for p in aus.encode():
             out.mux(p)
-    return path

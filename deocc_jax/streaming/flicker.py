@@ -27,6 +27,7 @@ from absl import flags
 
 from deocc_jax import errors, predictors, sample_photos
 from deocc_jax.faces import landmarks as lmk
+from deocc_jax.io import atomic
 from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming.clips import MOTIONS, Clip, standard_clips  # noqa: F401 (re-exported)
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
@@ -220,6 +221,8 @@ def main(argv: Sequence[str]) -> None:
     """`python -m deocc_jax.streaming.flicker --model=... [--json=out.json]`."""
     del argv
     f = flags.FLAGS
+    if f.json:  # before minutes of measuring
+        atomic.refuse_existing(f.json, overwrite=f.overwrite, flag="--json")
     photos = f.photos or sample_photos.face_photo_paths()
     clips = standard_clips(photos, frames=f.frames, size=(f.width, f.height))
     result: dict[str, Any] = {}
@@ -232,8 +235,7 @@ def main(argv: Sequence[str]) -> None:
     text = json.dumps(result, indent=2, default=float)
     print(text)
     if f.json:
-        with open(f.json, "w") as fh:
-            fh.write(text)
+        atomic.write_text(f.json, text, overwrite=f.overwrite)
 
 
 if __name__ == "__main__":
@@ -248,4 +250,5 @@ if __name__ == "__main__":
     flags.DEFINE_bool("tracking", True, "Also compare landmark trackers.")
     flags.DEFINE_bool("tracking_only", False, "Only compare landmark trackers (no model).")
     flags.DEFINE_string("json", None, "Also write the result here.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --json file (else refused).")
     errors.run(main)
