@@ -108,7 +108,7 @@ def load_config(name: str, resolution: int, batch_size: int, data_dir: str = "",
 
 def select_photos(photos_dir: str, max_photos: int, out_dir: str) -> list[str]:
     """Copies the first `max_photos` photos of `photos_dir` (sorted by name) into `out_dir`."""
-    from deocc_jax import infer_lib
+    from deocc_jax.restoration import infer_lib
 
     paths = infer_lib.collect_images(photos_dir)
     if not paths:

@@ -218,7 +218,7 @@ def min_face_sweep(paths: list[str], analyzer: FaceAnalyzer, reference: FaceAnal
 def live_fps(photo: str, scratch: str = "/tmp/deocc_bench/detection") -> dict[str, Any]:
     """The live pipeline with the shipped model on a 640x480, 30 fps, 150-frame clip of `photo`."""
     from benchmarks import inference_lib
-    from deocc_jax import predictors
+    from deocc_jax.artifacts import predictors
     from deocc_jax.streaming import clips
     from deocc_jax.streaming.tracking import TrackerOptions
 

@@ -30,7 +30,10 @@ import numpy as np
 from absl import flags
 
 from benchmarks import common
-from deocc_jax import baselines, errors, eval_lib, loading, models, sharding
+from deocc_jax import errors, models
+from deocc_jax.artifacts import loading
+from deocc_jax.evaluation import baselines, eval_lib
+from deocc_jax.training import sharding
 from deocc_jax.data import features, input_pipeline
 
 _MODEL = flags.DEFINE_string("model", "pretrained/deocc-realtime-128",

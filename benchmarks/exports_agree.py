@@ -23,7 +23,9 @@ import tempfile
 import numpy as np
 from absl import flags
 
-from deocc_jax import errors, export_lib, sample_photos
+from deocc_jax import errors
+from deocc_jax.artifacts import export_lib
+from deocc_jax.faces import sample_photos
 from launch import demo_photo
 
 _MODEL = flags.DEFINE_string("model", "pretrained/deocc-realtime-128", "A pretrained folder or workdir.")

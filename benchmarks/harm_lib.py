@@ -31,7 +31,9 @@ import numpy as np
 from benchmarks import common
 from data_prep import geometry, occluders as occ
 from data_prep import synth
-from deocc_jax import errors, metrics, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.evaluation import metrics
 from deocc_jax.faces import FaceAnalyzer, align
 from deocc_jax.faces import landmarks as lmk
 from deocc_jax.restoration import blend, frames

@@ -50,7 +50,8 @@ import sys
 from absl import flags
 
 from benchmarks import common, inference_lib, inference_report, runtimes_lib
-from deocc_jax import errors, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
 
 DEFAULT_MODELS = (f"realtime={os.path.join(predictors.PRETRAINED_DIR, predictors.DEFAULT_LIVE_MODEL)}",)
 DEFAULT_OUTPUT = os.path.join(common.REPO, "benchmarks", "results", "inference.json")

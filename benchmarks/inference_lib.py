@@ -17,7 +17,10 @@ import jax
 import numpy as np
 
 from benchmarks import common, inference_report, runtimes_lib
-from deocc_jax import errors, infer_lib, loading, models, predictors, sample_photos
+from deocc_jax import errors, models
+from deocc_jax.artifacts import loading, predictors
+from deocc_jax.faces import sample_photos
+from deocc_jax.restoration import infer_lib
 from deocc_jax.streaming import clips as clips_lib
 from deocc_jax.streaming import flicker as flicker_lib
 from deocc_jax.streaming import session

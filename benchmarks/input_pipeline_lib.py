@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from deocc_jax import sharding, train_lib
+from deocc_jax.training import sharding, train_lib
 from deocc_jax.data import features, input_pipeline
 
 

@@ -19,7 +19,7 @@ anything runs, so a typo in a key fails at once, naming the variant.
 Each variant is trained by the project's trainer (`python -m deocc_jax.train`) in its own child
 process, at its own pace, on the same data set (prepared from real photos with
 `data_prep.build_dataset` into --data_dir when missing), and stopped when it has used its budget.
-Then `deocc_jax.eval_lib.evaluate` evaluates all of them in one pass over the test split next to
+Then `deocc_jax.evaluation.eval_lib.evaluate` evaluates all of them in one pass over the test split next to
 the baselines (occluded input, OpenCV Telea and Navier-Stokes given the true mask), with the
 face-aware metrics when --face_metrics is given.
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from benchmarks import common
 from benchmarks.quality_variants import Variant, resolve_variants, trainer_command
-from deocc_jax import eval_lib, face_metrics
+from deocc_jax.evaluation import eval_lib, face_metrics
 from deocc_jax.data import features
 
 BUDGETS = ("cpu", "wall")

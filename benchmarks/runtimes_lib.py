@@ -19,9 +19,9 @@ import numpy as np
 
 from benchmarks import common
 from deocc_jax import models
-from deocc_jax.exporters import onnx as onnx_export
-from deocc_jax.exporters import saved_model as saved_model_export
-from deocc_jax.exporters import tflite as tflite_export
+from deocc_jax.artifacts.exporters import onnx as onnx_export
+from deocc_jax.artifacts.exporters import saved_model as saved_model_export
+from deocc_jax.artifacts.exporters import tflite as tflite_export
 from deocc_jax.io.onnx_runner import OnnxRunner
 from deocc_jax.io.saved_model_runner import SavedModelRunner
 from deocc_jax.io.tflite_runner import TfliteRunner

@@ -38,7 +38,8 @@ from absl import app, flags
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import common
-from deocc_jax import infer_lib, predictors
+from deocc_jax.artifacts import predictors
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer
 from deocc_jax.restoration import frames
 

@@ -5,7 +5,7 @@ r"""Training-step throughput: the project's JAX step against the PyTorch pix2pix
   python -m benchmarks.train_step --config=tiny --resolution=32 --batch_size=2 --repeats=2  # smoke
 
 Times one full GAN training step of `configs/<--config>.py` as the trainer runs it: the networks
-of `deocc_jax.models`, the step of `deocc_jax.steps.train_step` (G forward, D and G gradients from
+of `deocc_jax.models`, the step of `deocc_jax.training.steps.train_step` (G forward, D and G gradients from
 one forward pass, both Adam updates), jitted with the state donated and laid out on a mesh of
 every device the way `train_lib.build_setup` does (`project_step`). Only `steps`, `models` and
 `sharding` are imported, none of which imports TensorFlow, clu, MediaPipe, grain or orbax, so the

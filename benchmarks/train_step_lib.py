@@ -92,7 +92,7 @@ def project_step(config, mesh=None):
 
     import jax
 
-    from deocc_jax import sharding, steps
+    from deocc_jax.training import sharding, steps
 
     mesh = sharding.make_mesh() if mesh is None else mesh
     sharding.check_batch_size(config.batch_size, mesh, "--batch_size")
@@ -113,7 +113,8 @@ def build_project_step(config, matmul_precision: str = "default") -> tuple[Calla
     """A zero-argument callable running one training step of `config` to completion, and facts."""
     import jax
 
-    from deocc_jax import models, sharding
+    from deocc_jax import models
+    from deocc_jax.training import sharding
     from deocc_jax.models import layers
 
     step, state, mesh = project_step(config)

@@ -30,7 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_prep import config as config_lib
 from data_prep import alignment, occluders, pipeline, sources, synth
-from deocc_jax import assets, errors
+from deocc_jax import errors
+from deocc_jax.io import assets
 from deocc_jax.data import features
 from deocc_jax.io import atomic
 

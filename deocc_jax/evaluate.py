@@ -16,7 +16,9 @@ import os
 
 from absl import flags
 
-from deocc_jax import errors, eval_lib, face_metrics, loading
+from deocc_jax import errors
+from deocc_jax.artifacts import loading
+from deocc_jax.evaluation import eval_lib, face_metrics
 
 _MODEL = flags.DEFINE_string("model", None, "Model to evaluate: a workdir, pretrained folder or export.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Same as --model (a training workdir).")

@@ -32,7 +32,8 @@ _STOP = errors.StopSignals()
 if __name__ == "__main__":
     _STOP.install()
 
-from deocc_jax import export_lib, infer_lib, loading  # noqa: E402  (after the handlers, on purpose)
+from deocc_jax.artifacts import export_lib, loading
+from deocc_jax.restoration import infer_lib  # noqa: E402  (after the handlers, on purpose)
 
 _MODEL = flags.DEFINE_string("model", None, "Training workdir or pretrained folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Same as --model (a training workdir).")

@@ -35,7 +35,8 @@ _STOP = errors.StopSignals()
 if __name__ == "__main__":
     _STOP.install()
 
-from deocc_jax import infer_lib, loading  # noqa: E402  (after the handlers, on purpose)
+from deocc_jax.artifacts import loading
+from deocc_jax.restoration import infer_lib  # noqa: E402  (after the handlers, on purpose)
 from deocc_jax.io import atomic  # noqa: E402
 from deocc_jax.faces.cascade import DEFAULT_MIN_FACE_PX
 

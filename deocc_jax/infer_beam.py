@@ -19,7 +19,9 @@ import os
 
 from absl import flags
 
-from deocc_jax import errors, infer_lib, loading
+from deocc_jax import errors
+from deocc_jax.artifacts import loading
+from deocc_jax.restoration import infer_lib
 from deocc_jax.serving import beam_job
 
 _D = beam_job.JobOptions()

@@ -38,7 +38,8 @@ import os
 
 from absl import app, flags, logging
 
-from deocc_jax import errors, loading
+from deocc_jax import errors
+from deocc_jax.artifacts import loading
 from deocc_jax.restoration import stabilize
 from deocc_jax.streaming import session, tracking
 

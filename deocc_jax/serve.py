@@ -17,7 +17,8 @@ import os
 
 from absl import flags
 
-from deocc_jax import errors, loading
+from deocc_jax import errors
+from deocc_jax.artifacts import loading
 from deocc_jax.serving import config as config_lib
 from deocc_jax.serving import server
 

@@ -35,7 +35,7 @@ def main(argv):
     if len(argv) > 1:
         raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
     # After flag parsing, so XLA_FLAGS set by the caller apply before JAX starts.
-    from deocc_jax import train_lib
+    from deocc_jax.training import train_lib
     if _DISTRIBUTED.value or _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         # jax.distributed reads JAX_COORDINATOR_ADDRESS from the environment (process count
         # and id then come from the flags or cluster auto-detection).
@@ -46,7 +46,7 @@ def main(argv):
     with contextlib.ExitStack() as stack:
         fm = None
         if config.eval_face_metrics:
-            from deocc_jax import face_metrics  # MediaPipe (and dlib) only when asked for
+            from deocc_jax.evaluation import face_metrics  # MediaPipe (and dlib) only when asked for
             # Closed here: left to the interpreter's exit, MediaPipe's finaliser raises.
             fm = stack.enter_context(face_metrics.FaceMetrics())
         result = train_lib.train_and_evaluate(config, _WORKDIR.value, face_metrics=fm,

@@ -20,7 +20,8 @@ import sys
 
 from absl import flags
 
-from deocc_jax import errors, web_lib
+from deocc_jax import errors
+from deocc_jax.serving import web_lib
 
 _MODEL = flags.DEFINE_string("model", None, "ONNX model (from `deocc_jax.export --format=onnx`).",
                              required=True)

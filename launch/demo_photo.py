@@ -1,7 +1,7 @@
 """A real photo with a synthetic occluder drawn on its face: what `infer` gets to fix in demos.
 
 Used by the quickstart and by `launch.ship_model` for the model card's picture, always on the
-public-domain portraits that ship inside installed packages (`deocc_jax.sample_photos`).
+public-domain portraits that ship inside installed packages (`deocc_jax.faces.sample_photos`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 
 from data_prep import occluders as occ
 from data_prep import synth
-from deocc_jax import infer_lib
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import (FaceAnalyzer, alignment_matrix, largest_face, transform_landmarks,
                              warp_back, warp_to_crop)
 

@@ -89,7 +89,7 @@ def augmented_copies(paths: list[str], out_dir: str) -> list[str]:
     """
     import cv2
     import numpy as np
-    from deocc_jax import infer_lib
+    from deocc_jax.restoration import infer_lib
 
     os.makedirs(out_dir, exist_ok=True)
     out = []
@@ -110,7 +110,7 @@ def augmented_copies(paths: list[str], out_dir: str) -> list[str]:
 
 def select_photos(input_spec: str, max_photos: int, out_dir: str) -> list[str]:
     """The first `max_photos` photos of --input (sorted), linked into one folder for data prep."""
-    from deocc_jax import infer_lib
+    from deocc_jax.restoration import infer_lib
     paths = infer_lib.collect_images(input_spec)
     if not os.path.isdir(input_spec) and len(paths) == 1:
         raise ValueError(f"--input {input_spec!r} is one photo; give a folder or glob of several")
@@ -151,8 +151,11 @@ def run(output_dir: str, *, input_spec: str | None = None, occluders_dir: str | 
       log: progress output.
     """
     from configs import tiny
-    from deocc_jax import (eval_lib, export_lib, face_metrics, infer_lib, predictors, sample_photos,
-                           train_lib)
+    from deocc_jax.artifacts import export_lib, predictors
+    from deocc_jax.evaluation import eval_lib, face_metrics
+    from deocc_jax.faces import sample_photos
+    from deocc_jax.restoration import infer_lib
+    from deocc_jax.training import train_lib
 
     b = BUDGETS[budget]
     steps = steps or b.steps

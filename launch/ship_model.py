@@ -4,7 +4,7 @@ r"""Packages a trained run as a shipped model under pretrained/<name>/.
         --data_dir=data/ref128 [--checkpoint=best] [--occluders_dir=../shared/occluders]
 
 Writes, in pretrained/<name>/:
-  deocc_model.json, config.json, generator.msgpack   float16 parameters (`deocc_jax.loading`):
+  deocc_model.json, config.json, generator.msgpack   float16 parameters (`deocc_jax.artifacts.loading`):
                                                      what `--config.init_from` fine-tunes from
   export/<step>/                                     the SavedModel (TF Serving, `infer`), float16
                                                      parameters, checked against JAX
@@ -29,8 +29,11 @@ import shutil
 import cv2
 from absl import flags
 
-from deocc_jax import (errors, eval_lib, export_lib, face_metrics, infer_lib, loading, predictors,
-                       sample_photos)
+from deocc_jax import errors
+from deocc_jax.artifacts import export_lib, loading, predictors
+from deocc_jax.evaluation import eval_lib, face_metrics
+from deocc_jax.faces import sample_photos
+from deocc_jax.restoration import infer_lib
 from deocc_jax.io import atomic
 from launch import demo_photo
 

@@ -89,7 +89,7 @@ def empty_val_run(tmp_path_factory, empty_val_data_dir) -> dict:
     test_checkpointing share it (read it, or damage a `pf.copy_workdir` copy).
     Returns {"workdir", "result", "warnings": absl's warnings during training}.
     """
-    from deocc_jax import train_lib
+    from deocc_jax.training import train_lib
     from tests import pairs_fixture as pf
     workdir = tmp_path_factory.mktemp("empty_val_run")
     records = _Records()

@@ -167,7 +167,7 @@ def random_tiny(resolution: int = 64, *, guided: bool = False, base_width: int |
 
 def load_train_state(setup, workdir, checkpoint="latest"):
     """The full train state of a checkpoint, laid out for `setup`'s mesh (any saving device count)."""
-    from deocc_jax import checkpointing, train_lib
+    from deocc_jax.training import checkpointing, train_lib
     ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
     try:
         step = ckpt.resolve(checkpoint)

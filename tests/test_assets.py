@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from deocc_jax import assets
+from deocc_jax.io import assets
 
 NAME = "blaze_face_short_range.tflite"
 

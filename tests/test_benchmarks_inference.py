@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from benchmarks import inference_lib, inference_report, runtimes_lib
-from deocc_jax import errors, loading
+from deocc_jax import errors
+from deocc_jax.artifacts import loading
 from tests import pairs_fixture
 
 CLIP_FRAMES, CLIP_FPS = 24, 30.0

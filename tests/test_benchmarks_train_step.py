@@ -1,7 +1,7 @@
 """benchmarks/train_step.py times the project's real step, the same one the trainer runs.
 
 The benchmark itself runs for minutes (and needs torch for the reference); these check that it
-builds exactly `train_lib.build_setup`'s step from `deocc_jax.steps` + `models` + `sharding`
+builds exactly `train_lib.build_setup`'s step from `deocc_jax.training.steps` + `models` + `sharding`
 without TensorFlow, clu, MediaPipe, grain or orbax (the GPU image has none of them), and its
 timing harness. The convolution layers it times are checked against flax references in
 tests/test_models.py.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks import train_step_lib
-from deocc_jax import sharding, train_lib
+from deocc_jax.training import sharding, train_lib
 from tests import pairs_fixture as pf
 
 

@@ -188,7 +188,8 @@ def test_video_mode_keeps_a_full_range_face(portrait, landmarker_alone):
 def test_infer_names_why_a_photo_has_no_face(tmp_path, portrait, landmarker_alone):
     import skimage.data
 
-    from deocc_jax import infer_lib, predictors
+    from deocc_jax.artifacts import predictors
+    from deocc_jax.restoration import infer_lib
 
     model = predictors.open_predictor(os.path.join(predictors.PRETRAINED_DIR, "deocc-realtime-128"))
     ref = landmarker_alone.detect(portrait)[0]

@@ -12,10 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from deocc_jax import checkpointing, eval_lib, sharding, steps, train_lib
+from deocc_jax.evaluation import eval_lib
+from deocc_jax.training import checkpointing, sharding, steps, train_lib
 from deocc_jax.io import workdir_lock
 from tests import pairs_fixture as pf
-from deocc_jax import errors, loading
+from deocc_jax import errors
+from deocc_jax.artifacts import loading
 
 
 N = 16          # steps of the reference run
@@ -157,7 +159,9 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path):
 _EVAL_SCRIPT = """
 import json, sys
 import numpy as np
-from deocc_jax import loading, metrics, models
+from deocc_jax import models
+from deocc_jax.artifacts import loading
+from deocc_jax.evaluation import metrics
 from deocc_jax.data import input_pipeline
 model = loading.load_model(sys.argv[1], checkpoint=int(sys.argv[2]))
 config, variables = model.config, model.variables

@@ -17,7 +17,7 @@ from deocc_jax import errors
 from deocc_jax.faces import FaceAnalyzer, align, largest_face
 from deocc_jax.faces import landmarks as L
 from deocc_jax.io import images
-from deocc_jax import metrics
+from deocc_jax.evaluation import metrics
 
 RES = 128
 PHOTOS = ("0.jpg", "1.jpg", "10.jpg", "100.jpg", "105.jpg", "11.jpg")

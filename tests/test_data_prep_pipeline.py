@@ -437,7 +437,7 @@ def test_records_lost_between_synthesis_and_shards_fail_the_build():
 
 
 def test_prep_without_a_face_writes_nothing_and_train_refuses_an_empty_split(tmp_path, faces_dir):
-    from deocc_jax import train_lib
+    from deocc_jax.training import train_lib
 
     photos = tmp_path / "faceless"
     photos.mkdir()

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from deocc_jax import baselines, errors, eval_lib
+from deocc_jax import errors
+from deocc_jax.evaluation import baselines, eval_lib
 from deocc_jax.data import input_pipeline
 import cv2
-from deocc_jax import sharding
+from deocc_jax.training import sharding
 from tests import pairs_fixture as pf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

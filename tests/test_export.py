@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deocc_jax import loading, models
+from deocc_jax import models
+from deocc_jax.artifacts import loading
 from deocc_jax.data import input_pipeline
-from deocc_jax.exporters import check as export_check
-from deocc_jax.exporters import saved_model
+from deocc_jax.artifacts.exporters import check as export_check
+from deocc_jax.artifacts.exporters import saved_model
 from deocc_jax.io.saved_model_runner import SavedModelRunner
 import os
 import subprocess
@@ -99,8 +100,8 @@ def test_export_binary_writes_checked_onnx_and_litert_and_infer_runs_them(quicks
     import subprocess
     import sys
 
-    from deocc_jax.exporters import onnx as onnx_export
-    from deocc_jax.exporters import tflite as tflite_export
+    from deocc_jax.artifacts.exporters import onnx as onnx_export
+    from deocc_jax.artifacts.exporters import tflite as tflite_export
     from tests import pairs_fixture as pf
 
     out = tmp_path / "exports"
@@ -140,8 +141,8 @@ RUN_STEPS = pf.EMPTY_VAL_STEPS  # of `empty_val_run` (conftest.py)
 
 
 def test_export_is_checked_before_it_gets_its_final_name(empty_val_run, tmp_path, monkeypatch):
-    from deocc_jax import export_lib
-    from deocc_jax.exporters import check as export_check
+    from deocc_jax.artifacts import export_lib
+    from deocc_jax.artifacts.exporters import check as export_check
     out = tmp_path / "exports"
     target = out / str(RUN_STEPS)
     out.mkdir()

@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from deocc_jax import errors, face_metrics
-from deocc_jax.face_metrics import EXPRESSION, IDENTITY, LANDMARKS, FaceMetrics
+from deocc_jax import errors
+from deocc_jax.evaluation import face_metrics
+from deocc_jax.evaluation.face_metrics import EXPRESSION, IDENTITY, LANDMARKS, FaceMetrics
 from deocc_jax.faces import align, detect, largest_face
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

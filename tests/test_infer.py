@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from deocc_jax import infer_lib, predictors, sample_photos
+from deocc_jax.artifacts import predictors
+from deocc_jax.faces import sample_photos
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer, align
 from deocc_jax.restoration import blend, frames, smoothing
 from deocc_jax.io import video

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deocc_jax import errors, infer_lib, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.restoration import infer_lib
 from deocc_jax.serving import beam_job
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

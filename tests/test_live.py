@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import pyvirtualcam
 
-from deocc_jax import errors, sample_photos
+from deocc_jax import errors
+from deocc_jax.faces import sample_photos
 from deocc_jax.io import video
 from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming import clips, mjpeg, session, virtualcam
@@ -333,7 +334,7 @@ _LIVE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory):
-    from deocc_jax import sample_photos
+    from deocc_jax.faces import sample_photos
     from deocc_jax.streaming import clips
     c = clips.make_clip(sample_photos.face_photo_paths()[0], frames=250, size=(256, 192), fps=25.0)
     return clips.write_clip(c, str(tmp_path_factory.mktemp("clip") / "long.mp4"), audio_hz=440.0)

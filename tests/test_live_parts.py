@@ -6,7 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from deocc_jax import infer_lib, loading, predictors, sample_photos
+from deocc_jax.artifacts import loading, predictors
+from deocc_jax.faces import sample_photos
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer
 from deocc_jax.streaming import clips, flicker, queues
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from deocc_jax import losses, metrics
+from deocc_jax.evaluation import metrics
+from deocc_jax.training import losses
 
 
 def _skimage_ssim(a, b, data_range):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import deocc, pix2pix, realtime, reference, tiny, unet_l1
-from deocc_jax import models, sharding, steps, train_lib
+from deocc_jax import models
+from deocc_jax.training import sharding, steps, train_lib
 from deocc_jax.models import layers, patchgan
 
 CONFIGS = {"unet_l1": unet_l1, "pix2pix": pix2pix, "deocc": deocc, "tiny": tiny,

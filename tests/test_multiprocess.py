@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from deocc_jax import sharding, train_lib
+from deocc_jax.training import sharding, train_lib
 from tests import pairs_fixture as pf
 
 

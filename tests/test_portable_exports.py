@@ -18,10 +18,11 @@ import pytest
 
 from benchmarks import runtimes_lib
 from configs import tiny
-from deocc_jax import errors, models, sample_photos
-from deocc_jax.exporters import check
-from deocc_jax.exporters import onnx as onnx_export
-from deocc_jax.exporters import tflite as tflite_export
+from deocc_jax import errors, models
+from deocc_jax.faces import sample_photos
+from deocc_jax.artifacts.exporters import check
+from deocc_jax.artifacts.exporters import onnx as onnx_export
+from deocc_jax.artifacts.exporters import tflite as tflite_export
 from deocc_jax.io.onnx_runner import OnnxRunner
 from deocc_jax.io.tflite_runner import TfliteRunner
 

@@ -7,7 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from deocc_jax import assets, errors, loading, predictors, sample_photos, train_lib
+from deocc_jax import errors
+from deocc_jax.artifacts import loading, predictors
+from deocc_jax.faces import sample_photos
+from deocc_jax.io import assets
+from deocc_jax.training import train_lib
 from tests import pairs_fixture
 
 SHIPPED = sorted({predictors.DEFAULT_MODEL, predictors.DEFAULT_LIVE_MODEL})

@@ -45,7 +45,7 @@ def test_embedded_default_dataset_has_every_split(tmp_path):
     Near-duplicate grouping would make the copies of each portrait one group: two groups for
     three splits, and the quickstart stopped at evaluation with an empty test split.
     """
-    from deocc_jax import sample_photos
+    from deocc_jax.faces import sample_photos
     from launch import quickstart
     photos = quickstart.augmented_copies(sample_photos.face_photo_paths(), str(tmp_path / "photos"))
     b = quickstart.BUDGETS["default"]

@@ -25,7 +25,8 @@ import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from deocc_jax import infer_lib, predictors
+from deocc_jax.artifacts import predictors
+from deocc_jax.restoration import infer_lib
 from deocc_jax.serving import app as app_lib
 from deocc_jax.serving.batcher import MicroBatcher
 

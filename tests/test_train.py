@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from deocc_jax import checkpointing, loading, models, sharding, steps, train_lib
+from deocc_jax import models
+from deocc_jax.artifacts import loading
+from deocc_jax.training import checkpointing, sharding, steps, train_lib
 from deocc_jax.data import input_pipeline
 from tests import pairs_fixture as pf
 import signal
@@ -218,7 +220,7 @@ def test_empty_validation_split_warns_and_best_falls_back(empty_val_run, caplog)
 
 
 def test_ctrl_c_in_training_saves_like_sigterm(tmp_path, faces_dir):
-    from deocc_jax import checkpointing
+    from deocc_jax.training import checkpointing
     data = pf.write_tiny_dataset(tmp_path / "data", faces_dir, splits={"train": 8})
     workdir = tmp_path / "run"
     proc = subprocess.Popen(pf.train_command(workdir, data, num_train_steps=100000,

@@ -49,7 +49,11 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from configs import tiny
-from deocc_jax import errors, export_lib, infer_lib, loading, models, predictors, sample_photos, web_lib
+from deocc_jax import errors, models
+from deocc_jax.artifacts import export_lib, loading, predictors
+from deocc_jax.faces import sample_photos
+from deocc_jax.restoration import infer_lib
+from deocc_jax.serving import web_lib
 from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer, largest_face
 from deocc_jax.restoration import blend, frames

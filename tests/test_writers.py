@@ -21,7 +21,11 @@ import cv2
 import numpy as np
 import pytest
 
-from deocc_jax import assets, errors, export_lib, infer_lib, loading, predictors, sample_photos
+from deocc_jax import errors
+from deocc_jax.artifacts import export_lib, loading, predictors
+from deocc_jax.faces import sample_photos
+from deocc_jax.io import assets
+from deocc_jax.restoration import infer_lib
 from deocc_jax.io import atomic, video
 from tests import pairs_fixture as pf
 
@@ -69,7 +73,8 @@ def _listing(folder):
 _INFER_WITH_PAINTER = """
 import os, pathlib, sys, time
 import numpy as np
-from deocc_jax import infer, predictors
+from deocc_jax import infer
+from deocc_jax.artifacts import predictors
 
 class Slow:
     resolution, guided, description, calls = 32, False, "a slow test painter", 0
@@ -382,7 +387,7 @@ def test_no_writer_bypasses_the_writer_policy(tmp_path):
         path = pf.REPO / entry
         files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
     files = [f for f in files if f.relative_to(pf.REPO).as_posix() != POLICY]
-    assert {"deocc_jax/eval_lib.py", "deocc_jax/data/writer.py", "deocc_jax/streaming/clips.py",
+    assert {"deocc_jax/evaluation/eval_lib.py", "deocc_jax/data/writer.py", "deocc_jax/streaming/clips.py",
             "data_prep/pipeline.py", "launch/quickstart.py"} <= {
                 f.relative_to(pf.REPO).as_posix() for f in files}  # the whole library
     hits = [h for f in files for h in _bypasses(f.relative_to(pf.REPO), f.read_text())]
@@ -415,7 +420,7 @@ def test_no_writer_bypasses_the_writer_policy(tmp_path):
 
 
 def test_evaluate_refuses_an_existing_output_without_overwrite(tmp_path):
-    from deocc_jax import eval_lib
+    from deocc_jax.evaluation import eval_lib
     out = tmp_path / "eval" / "m.json"
     out.parent.mkdir()
     (tmp_path / "eval" / "m.md").write_text("keep")  # one of the three outputs is enough

@@ -33,7 +33,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from deocc_jax import assets
+from deocc_jax.io import assets
 
 MODEL_NAME = "face_detection_full_range.tflite"
 INPUT_SIZE = 192

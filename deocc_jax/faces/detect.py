@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from deocc_jax import assets
+from deocc_jax.io import assets
 from deocc_jax.faces import blazeface, cascade, mesh
 
 LANDMARKER = "landmarker"

@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 
-from deocc_jax import assets
+from deocc_jax.io import assets
 
 # Eye corners: (outer, inner).
 LEFT_EYE_CORNERS = (33, 133)

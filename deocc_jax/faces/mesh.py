@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from deocc_jax import assets
+from deocc_jax.io import assets
 from deocc_jax.faces import align
 
 INPUT_SIZE = 256

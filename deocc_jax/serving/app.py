@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from deocc_jax import errors
 from deocc_jax.io import images
-from deocc_jax.predictors import Predictor
+from deocc_jax.artifacts.predictors import Predictor
 from deocc_jax.serving.config import ServeConfig
 from deocc_jax.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from deocc_jax.serving.metrics import Metrics

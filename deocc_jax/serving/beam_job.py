@@ -29,7 +29,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from deocc_jax import errors, infer_lib, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer
 from deocc_jax.faces.cascade import DEFAULT_MIN_FACE_PX
 from deocc_jax.io import atomic, images

@@ -17,9 +17,9 @@ import threading
 
 import numpy as np
 
-from deocc_jax import infer_lib
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer
-from deocc_jax.predictors import Predictor
+from deocc_jax.artifacts.predictors import Predictor
 from deocc_jax.restoration import frames
 from deocc_jax.serving.batcher import MicroBatcher
 from deocc_jax.serving.config import ServeConfig

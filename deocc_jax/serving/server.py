@@ -18,7 +18,9 @@ from typing import Callable
 
 import uvicorn
 
-from deocc_jax import assets, errors, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.io import assets
 from deocc_jax.restoration import frames
 from deocc_jax.serving.app import create_app
 from deocc_jax.serving.config import ServeConfig

@@ -19,7 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from deocc_jax import infer_lib
+from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer, largest_face
 from deocc_jax.faces import landmarks as lmk
 from deocc_jax.faces.align import transform_landmarks

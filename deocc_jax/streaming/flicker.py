@@ -25,7 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from deocc_jax import errors, predictors, sample_photos
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.faces import sample_photos
 from deocc_jax.faces import landmarks as lmk
 from deocc_jax.io import atomic
 from deocc_jax.restoration import frames as restore

@@ -19,7 +19,9 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from deocc_jax import errors, infer_lib, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.restoration import infer_lib
 from deocc_jax.io import atomic, progress
 from deocc_jax.io import video as video_io
 from deocc_jax.streaming import sinks as sinks_lib

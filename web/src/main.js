@@ -13,7 +13,7 @@ import * as geometry from "./geometry.js";
 import * as imgproc from "./imgproc.js";
 import { restoreFaces, rgbToRgba, rgbaToRgb } from "./pipeline.js";
 
-// deocc_jax.infer_lib.process_photos / faces.detect.FaceAnalyzer settings.
+// deocc_jax.restoration.infer_lib.process_photos / faces.detect.FaceAnalyzer settings.
 const MAX_FACES = 4;
 const MIN_CONFIDENCE = 0.3;
 

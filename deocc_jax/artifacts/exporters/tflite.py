@@ -36,8 +36,8 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from deocc_jax import metrics
-from deocc_jax.exporters import check
+from deocc_jax.evaluation import metrics
+from deocc_jax.artifacts.exporters import check
 from deocc_jax.io import atomic, portable
 from deocc_jax.io.tflite_runner import SIGNATURE_KEY, TfliteRunner, read_tflite_metadata
 

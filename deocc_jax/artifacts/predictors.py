@@ -20,7 +20,8 @@ from typing import Protocol
 import jax
 import numpy as np
 
-from deocc_jax import errors, loading, models
+from deocc_jax import errors, models
+from deocc_jax.artifacts import loading
 from deocc_jax.io import onnx_runner, saved_model_runner, tflite_runner
 
 # Where deocc's own trained models live (the repo's pretrained/ folder);

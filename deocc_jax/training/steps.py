@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from deocc_jax import losses, models
+from deocc_jax import models
+from deocc_jax.training import losses
 
 
 # ----------------------------------------------------------------------------- optimisers

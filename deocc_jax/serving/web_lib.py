@@ -25,7 +25,8 @@ import sys
 import urllib.parse
 from typing import Any
 
-from deocc_jax import assets, errors
+from deocc_jax import errors
+from deocc_jax.io import assets
 from deocc_jax.io import portable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

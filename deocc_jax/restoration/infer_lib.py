@@ -33,12 +33,14 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from deocc_jax import assets, errors, predictors
+from deocc_jax import errors
+from deocc_jax.artifacts import predictors
+from deocc_jax.io import assets
 from deocc_jax.faces import FaceAnalyzer
 from deocc_jax.faces.cascade import DEFAULT_MIN_FACE_PX
 from deocc_jax.io import atomic, images, progress, timing
 from deocc_jax.io import video as video_io
-from deocc_jax.predictors import Predictor
+from deocc_jax.artifacts.predictors import Predictor
 from deocc_jax.restoration import frames
 from deocc_jax.restoration.smoothing import LandmarkSmoother
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer

@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deocc_jax import assets, checkpointing, errors, models
+from deocc_jax import errors, models
+from deocc_jax.io import assets
+from deocc_jax.training import checkpointing
 from deocc_jax.io import atomic
 
 PRETRAINED_FILE = "deocc_model.json"

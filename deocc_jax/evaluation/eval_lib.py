@@ -3,13 +3,13 @@
 The training loop's validation (`validate`) and the `deocc_jax.evaluate`
 binary (`evaluate`) both run `Evaluator.run`: batches from the grain eval
 iterator are laid out over the device mesh, every method restores them, and
-the per-image metrics of `deocc_jax.metrics.image_metrics` (whole image and
+the per-image metrics of `deocc_jax.evaluation.metrics.image_metrics` (whole image and
 inside the true occluder mask, plus predicted-mask IoU for models with a mask
 head) are computed jitted on the sharded batch, with the realism inputs of
 `metrics.realism_metrics` (detail inside the eroded mask, occluder remnants);
 models are also run on the clean faces themselves (`metrics.harm_metrics`:
 what they change where there is nothing to remove); face-aware metrics
-(`deocc_jax.face_metrics`: expression, landmarks, identity, and how often a
+(`deocc_jax.evaluation.face_metrics`: expression, landmarks, identity, and how often a
 restoration is closer to the clean face than the occluded input) run on the
 host where enabled. Per-image values are then pooled overall and per occluder
 category.
@@ -40,8 +40,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from deocc_jax import baselines, errors, metrics, models, predictors, sharding
-from deocc_jax import face_metrics as fm_lib
+from deocc_jax import errors, models
+from deocc_jax.artifacts import predictors
+from deocc_jax.evaluation import baselines, metrics
+from deocc_jax.training import sharding
+from deocc_jax.evaluation import face_metrics as fm_lib
 from deocc_jax.data import features, input_pipeline
 from deocc_jax.io import atomic
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deocc_jax.exporters import check
+from deocc_jax.artifacts.exporters import check
 from deocc_jax.io import atomic, portable
 from deocc_jax.io.onnx_runner import OnnxRunner
 

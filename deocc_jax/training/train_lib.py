@@ -28,7 +28,10 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from deocc_jax import checkpointing, errors, eval_lib, loading, models, sharding, steps
+from deocc_jax import errors, models
+from deocc_jax.artifacts import loading
+from deocc_jax.evaluation import eval_lib
+from deocc_jax.training import checkpointing, sharding, steps
 from deocc_jax.data import features, input_pipeline
 from deocc_jax.io import atomic, workdir_lock
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from deocc_jax import metrics
+from deocc_jax.evaluation import metrics
 
 ADVERSARIAL_KINDS = ("lsgan", "hinge", "nonsaturating")
 

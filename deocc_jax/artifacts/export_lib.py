@@ -29,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deocc_jax import errors, loading, models, sample_photos
+from deocc_jax import errors, models
+from deocc_jax.artifacts import loading
+from deocc_jax.faces import sample_photos
 from deocc_jax.data import features, input_pipeline
-from deocc_jax.exporters import check as export_check
-from deocc_jax.exporters import onnx, saved_model, tflite
+from deocc_jax.artifacts.exporters import check as export_check
+from deocc_jax.artifacts.exporters import onnx, saved_model, tflite
 from deocc_jax.io import atomic, saved_model_runner, tflite_runner
 
 FAILED_SUFFIX = ".failed_check"
