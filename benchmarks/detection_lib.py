@@ -35,7 +35,6 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from benchmarks import common
 from deocc_jax.faces import FaceAnalyzer, detect
 from deocc_jax.faces import landmarks as lmk
 from deocc_jax.io import images

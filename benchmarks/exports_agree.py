@@ -10,7 +10,7 @@ no deocc runner, so what a user of those runtimes gets is what is measured. The 
 embedded public-domain portraits aligned as at inference, each with and without a procedural
 occluder (`launch/demo_photo.py`), at batch 1. Reported per runtime: the largest and 99.9th
 percentile difference from the SavedModel in grey levels, the share of values that differ by more
-than one, and the largest mask difference. The target (issue 12): within 1 grey level.
+than one, and the largest mask difference. The target: within 1 grey level.
 """
 
 from __future__ import annotations

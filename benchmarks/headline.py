@@ -67,6 +67,13 @@ def render() -> str:
         ("whole-image PSNR, dB ↑", "psnr", 2, metrics),
         ("expression error (blendshapes) ↓", "expression_error", 4, metrics),
         ("identity distance (dlib) ↓", "identity_distance", 3, metrics),
+        ("faces restored closer to the person than the occluded input ↑",
+         "identity_closer_than_input", 3, metrics),
+        ("detail ratio (1 = the real face's fine structure; a blur is near 0)",
+         "detail_ratio", 3, metrics),
+        ("occluder remnants, share of mask pixels ↓", "remnants", 3, metrics),
+        ("faces with nothing over them left untouched (≤ 1 % changed) ↑", "harm_ok_share", 3,
+         metrics),
         ("occluded-region PSNR, dB ↑, on faces/ (a source never trained on)", "masked_psnr", 2,
          heldout),
     ]

@@ -62,7 +62,7 @@ def test_decode_16bit_alpha_over_white_or_kept():
     rgba[0, 0] = (10, 20, 30, 200)
     data = _encode(Image.fromarray(rgba), "PNG")
     assert (images.decode_image(data)[1:, 1:] == 255).all()
-    kept = images.decode_image(data, keep_alpha=True)  # issue 10 #7: alpha is not lost
+    kept = images.decode_image(data, keep_alpha=True)  # alpha is not lost
     np.testing.assert_array_equal(kept, rgba)
     # Images without alpha stay RGB when alpha is asked for.
     assert images.decode_image(png.tobytes(), keep_alpha=True).shape == (8, 8, 3)
@@ -522,7 +522,7 @@ def test_make_plan_puts_a_group_in_one_split():
     assert set(made.shards) == {"train", "test"}
 
 
-# --- input listing (issue 10 #5, #10) ---------------------------------------------
+# --- input listing --------------------------------------------------------------
 
 def test_listing_follows_no_loops_and_counts_every_entry(tmp_path, faces_dir):
     d = tmp_path / "in"
@@ -580,7 +580,7 @@ def test_pairs_match_by_name_maskedface_net_layout():
     assert sources.match_clean("00013_Mask.jpg", index) is None
 
 
-# --- flags (issue 10 #10, issue 8: one place for defaults) -------------------------
+# --- flags (one place for defaults) --------------------------------------------------
 
 @pytest.mark.parametrize("kw, flag", [
     (dict(resolution=100), "--resolution"), (dict(resolution=17), "--resolution"),

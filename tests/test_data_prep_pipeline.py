@@ -33,7 +33,7 @@ BAD = {  # entry -> expected rejection reason
     "bad/texture.png": "no_face",
     "bad/chin_cut.jpg": "insufficient_context",    # the photo ends at the mouth
     "bad/dangling.jpg": "broken_link",
-    "loop": "link_loop",                           # ln -s . loop (issue 10 #5)
+    "loop": "link_loop",                           # ln -s . loop
     "people/again.jpg": "duplicate",               # a link to people/0.jpg
     "notes.txt": "unsupported_extension",
 }
@@ -58,7 +58,7 @@ def input_dir(tmp_path_factory, faces_dir):
         (d / sub).mkdir()
     for p in PHOTOS:
         shutil.copy(faces_dir / p, d / "people" / p)
-    # Not UTF-8 (issue 10 #10: it crashed the whole build).
+    # Not UTF-8 (it once crashed the whole build).
     with open(os.path.join(os.fsencode(str(d / "people")), b"caf\xe9.jpg"), "wb") as f:
         f.write((faces_dir / "104.jpg").read_bytes())
     # One person, two photos: --group_by keeps them in one split.
@@ -216,7 +216,7 @@ def test_same_bytes_with_two_worker_processes(built, input_dir, tmp_path, occlud
     assert info2 == info
 
 
-# --- the output folder (issue 10 #2, #10) ------------------------------------------
+# --- the output folder ----------------------------------------------------------
 
 def test_refuses_to_overwrite_without_flag(built, input_dir):
     out, _ = built

@@ -46,6 +46,7 @@ def test_documented_flags_exist(module):
     proc = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # absl exits 1 after --helpfull
+    assert "No module named" not in proc.stderr, proc.stderr[-2000:]  # python -m's own exit 1
     defined = set(re.findall(r"--(?:\[no\])?([a-z]\w*)", proc.stdout + proc.stderr))
     defined |= {f"no{f}" for f in defined}
     allowed = BEAM_OPTIONS if module in ("data_prep.build", "deocc_jax.infer_beam") else set()

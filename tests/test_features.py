@@ -140,7 +140,7 @@ def test_dataset_info_versions(tmp_path):
         features.read_dataset_info(str(tmp_path))
 
 
-# --- unfinished datasets (issue 10 #10) -------------------------------------------
+# --- unfinished datasets --------------------------------------------------------
 
 def _one_line(e) -> str:
     line = errors.one_line(e.value)

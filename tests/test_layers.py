@@ -1,4 +1,4 @@
-"""The house rules of issue 8, checked rather than reviewed.
+"""The house rules (layers, one binary shape), checked rather than reviewed.
 
 - `lint-imports` (import-linter, contracts in pyproject.toml): deocc_jax's layers
   import only downwards and the library never imports the tools built on it.
@@ -77,3 +77,28 @@ def test_no_function_local_imports_of_deocc_modules():
     assert not offenders, "function-local imports of deocc modules:\n" + "\n".join(offenders)
     assert not uncommented, ("function-local third-party imports need a one-line reason "
                              "(a comment on the line or the line above):\n" + "\n".join(uncommented))
+
+
+def _python_files():
+    for package in OWN_PACKAGES:
+        yield from sorted((REPO / package).rglob("*.py"))
+
+
+def test_one_binary_shape():
+    """Flags live at a binary's top, never in a `__main__` block or a define_flags() function,
+    and nothing edits sys.path: every program runs as `python -m package.module`."""
+    offenders = []
+    for path in _python_files():
+        text = path.read_text()
+        tree = ast.parse(text)
+        rel = path.relative_to(REPO)
+        if "sys.path.insert" in text or "sys.path.append" in text:
+            offenders.append(f"{rel}: edits sys.path")
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "define_flags":
+                offenders.append(f"{rel}:{node.lineno}: define_flags()")
+            is_main = (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                       and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+            if is_main and "DEFINE_" in ast.unparse(node):
+                offenders.append(f"{rel}:{node.lineno}: flags defined in the __main__ block")
+    assert not offenders, "\n".join(offenders)

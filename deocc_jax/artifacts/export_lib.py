@@ -9,7 +9,7 @@ its own runtime and compared with JAX on real aligned face photos
 PSNR on the test split.
 
 Nothing unchecked ever sits under the final name `output_dir/<step>` that TF
-Serving loads (issue 10 #2): the export is built in a hidden sibling
+Serving loads: the export is built in a hidden sibling
 `output_dir/.<step>.partial-PID-XXXX/` (TF Serving only loads numeric folders),
 checked there, and only then moved into place (`_publish_checked`); with
 `overwrite` the old version is swapped out in the same step, so it stays

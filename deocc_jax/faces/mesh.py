@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import zipfile
 
+import cv2
 import numpy as np
 
 from deocc_jax.io import assets
@@ -128,7 +129,6 @@ class FaceMesh:
 
     def __init__(self, landmarker_model: str | None = None, num_threads: int | None = None,
                  blendshapes: bool = False):
-        import cv2  # noqa: F401  (align needs it; fail here, not mid-run)
         from ai_edge_litert import interpreter as litert  # LiteRT only where it is used
 
         path = assets.resolve_model("face_landmarker.task", landmarker_model)
@@ -154,7 +154,6 @@ class FaceMesh:
 
     def crop(self, image_rgb: np.ndarray, roi: Roi) -> np.ndarray:
         """The model's uint8 [256, 256, 3] input for `roi` (zero outside the photo)."""
-        import cv2
         return align.warp_to_crop(image_rgb, centre_convention(roi.matrix()), INPUT_SIZE,
                                   border_mode=cv2.BORDER_CONSTANT)
 

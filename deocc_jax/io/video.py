@@ -27,6 +27,9 @@ How `infer` keeps audio (one argument):
     if reader.truncation: log(reader.truncation)
 
 `write(rgb)` without a time writes a file at a constant `fps`.
+
+Over 500 lines on purpose: file and camera readers and the writer share one timing model
+(frame times, time bases, audio passed through packet for packet), read together.
 """
 
 from __future__ import annotations

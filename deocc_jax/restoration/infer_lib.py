@@ -13,7 +13,7 @@ The model is anything `predictors.open_predictor` opens: the shipped model
 (the default), a training workdir or pretrained folder (JAX), a SavedModel
 export (TensorFlow), an .onnx (onnxruntime) or a .tflite (LiteRT) file.
 
-Nothing is lost (issue 10): outputs that would replace an input are refused
+Nothing is lost: outputs that would replace an input are refused
 before anything is read; an output folder that cannot be written is named as
 such before the model loads; every output file appears complete or not at all
 (`io.atomic` for photos, `io.video.VideoWriter` for video). Photos are read by
@@ -21,6 +21,9 @@ the decoder data prep uses (`io.images`, same checks, same pixel limit), so a
 truncated JPEG is rejected rather than restored with grey rows; a photo with
 alpha keeps it. A video that ends early is reported (frames decoded vs
 expected).
+
+Over 500 lines on purpose: photos and videos share the output plan, the writer policy and the
+report; splitting them apart would split those.
 """
 
 from __future__ import annotations

@@ -12,24 +12,18 @@ PSNR over the occluded pixels of all frames (one pooled MSE).
 figures per variant and the change against per-frame processing;
 `measure_tracking` compares landmark trackers on the same clips. The
 benchmark (`benchmarks/inference.py`) calls them; so does
-`python -m deocc_jax.streaming.flicker --model=...`.
+`python -m benchmarks.flicker --model=...`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any, Sequence
 
 import numpy as np
-from absl import flags
 
-from deocc_jax import errors
-from deocc_jax.artifacts import predictors
-from deocc_jax.faces import sample_photos
 from deocc_jax.faces import landmarks as lmk
-from deocc_jax.io import atomic
 from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming.clips import MOTIONS, Clip, standard_clips  # noqa: F401 (re-exported)
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
@@ -44,7 +38,7 @@ VARIANTS: dict[str, tuple[TrackerOptions, StabilizerOptions | None]] = {
     # `live`'s default: flow tracking between keyframes, one-euro, temporal stabilisation.
     "stabilized": (TrackerOptions(), StabilizerOptions()),
 }
-# Issue 11's target for the stabilised variant against per-frame processing.
+# The flicker reduction wanted of the stabilised variant against per-frame processing.
 TARGET_FLICKER_REDUCTION = 0.30
 TARGET_MAX_PSNR_COST_DB = 0.3
 
@@ -217,40 +211,3 @@ def measure_tracking(clips: Sequence[Clip], methods: dict[str, TrackerOptions] |
                         "found_fraction": len(errs) / max(n, 1),
                         "keyframe_fraction": keys / max(n, 1)}
     return result
-
-
-def main(argv: Sequence[str]) -> None:
-    """`python -m deocc_jax.streaming.flicker --model=... [--json=out.json]`."""
-    del argv
-    f = flags.FLAGS
-    if f.json:  # before minutes of measuring
-        atomic.refuse_existing(f.json, overwrite=f.overwrite, flag="--json")
-    photos = f.photos or sample_photos.face_photo_paths()
-    clips = standard_clips(photos, frames=f.frames, size=(f.width, f.height))
-    result: dict[str, Any] = {}
-    if f.model or not f.tracking_only:
-        model = predictors.open_predictor(f.model, f.checkpoint)
-        result["flicker"] = measure_flicker(model, clips)
-        result["model"] = model.description
-    if f.tracking:
-        result["tracking"] = measure_tracking(clips)
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
-    if f.json:
-        atomic.write_text(f.json, text, overwrite=f.overwrite)
-
-
-if __name__ == "__main__":
-    # Flags are defined only when run as a program: importing this module (the
-    # benchmark does) must not add flags to the importer's.
-    flags.DEFINE_string("model", None, "Model (default: the shipped model).")
-    flags.DEFINE_string("checkpoint", "latest", "For a workdir: latest, best or a step.")
-    flags.DEFINE_list("photos", None, "Face photos (default: the embedded public-domain ones).")
-    flags.DEFINE_integer("frames", 48, "Frames per clip.")
-    flags.DEFINE_integer("width", 320, "Frame width.")
-    flags.DEFINE_integer("height", 240, "Frame height.")
-    flags.DEFINE_bool("tracking", True, "Also compare landmark trackers.")
-    flags.DEFINE_bool("tracking_only", False, "Only compare landmark trackers (no model).")
-    flags.DEFINE_string("json", None, "Also write the result here.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --json file (else refused).")
-    errors.run(main)

@@ -20,7 +20,7 @@ is moved aside with a warning and the previous one is used.
 
 Integrity: orbax 0.12.8 does not checksum array data (its default zarr v2
 chunks have none; the optional zarr v3 layout has a crc32c on the shard index
-only): a flipped bit loads silently as a wrong weight (issue 10 #6). So every item's files get a SHA-256
+only): a flipped bit loads silently as a wrong weight. So every item's files get a SHA-256
 (`deocc_checksums.json` in the step folder), computed by process 0 once the
 save is complete and before orbax renames the step into place (its
 post-finalization callback), and verified before each restore. A mismatch
