@@ -28,7 +28,8 @@ from deocc_jax.io import onnx_runner, saved_model_runner, tflite_runner
 # DEOCC_PRETRAINED_DIR overrides it.
 PRETRAINED_DIR = os.environ.get(
     "DEOCC_PRETRAINED_DIR",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained"))
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                 "pretrained"))  # deocc_jax/artifacts/ -> the repository
 DEFAULT_MODEL = "deocc-realtime-128"
 DEFAULT_LIVE_MODEL = "deocc-realtime-128"
 

@@ -29,7 +29,7 @@ from deocc_jax import errors
 from deocc_jax.io import assets
 from deocc_jax.io import portable
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # deocc_jax/serving/
 WEB_DIR = os.path.join(REPO, "web")
 BUILD_COMMAND = "cd web && npm ci && npm run build"
 
