@@ -220,3 +220,11 @@ def assert_one_line_error(proc, *fragments) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def default_sigint() -> None:
+    """`preexec_fn` of a subprocess a test sends SIGINT: the child gets SIGINT's default
+    disposition even where this test runner was started with it ignored (a background job of a
+    non-interactive shell), which the child would inherit and, like `nohup`, keep."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -22,6 +22,7 @@ from deocc_jax.io import video
 from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming import clips, mjpeg, session, virtualcam
 from deocc_jax.restoration.stabilize import StabilizerOptions
+from tests import pairs_fixture as pf
 from tests.test_live_parts import tiny_model
 import re
 import socket
@@ -347,7 +348,8 @@ def _live(tmp_path, clip, warmup_s, wait_for, sig, after_s):
         [sys.executable, "-c", _LIVE, str(warmup_s), f"--input={clip}", "--realtime", "--quiet",
          f"--output={out / 'rec.mp4'}", f"--report={out / 'report.json'}", "--serve=0",
          f"--jax_cache_dir={tmp_path / 'jax'}", "--report_every=0.3"],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=pf.default_sigint)
     try:
         deadline = time.time() + 120
         for line in proc.stdout:

@@ -227,7 +227,8 @@ def test_ctrl_c_in_training_saves_like_sigterm(tmp_path, faces_dir):
                                              checkpoint_every_steps=1000, eval_every_steps=0,
                                              log_every_steps=1),
                             cwd=pf.REPO, env=pf.subprocess_env(num_devices=1),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pf.default_sigint)
     try:
         lines = []
         for line in proc.stderr:  # once a step is done (compiling may take minutes on a busy CPU)

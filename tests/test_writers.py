@@ -99,7 +99,8 @@ infer.run()
 def _start_infer(*args, **env):
     return subprocess.Popen([sys.executable, "-c", _INFER_WITH_PAINTER, *map(str, args)],
                             cwd=pf.REPO, env=pf.subprocess_env(num_devices=1, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pf.default_sigint)
 
 
 def _signal_at_mark(proc, mark, signum, timeout=240):
@@ -231,7 +232,7 @@ def test_ctrl_c_while_infer_loads_stops_it_before_the_model(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "deocc_jax.infer", f"--input={clip}",
                              f"--output={out}", "--quiet"], cwd=pf.REPO,
                             env=pf.subprocess_env(num_devices=1), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=pf.default_sigint)
     deadline = time.monotonic() + 60
     while not _catches(proc.pid, signal.SIGTERM) and time.monotonic() < deadline:
         time.sleep(0.01)
