@@ -3,15 +3,7 @@ r"""Serves the in-browser de-occlusion page (web/) on this machine.
     python -m deocc_jax.web --model=deocc.onnx [--port=8000]
     python -m deocc_jax.web --model=deocc.onnx --host=0.0.0.0   # reachable from the network
 
-The page runs everything in the browser: MediaPipe's face landmarker, deocc's
-alignment, the ONNX model (onnxruntime-web, WebAssembly or WebGPU) and the
-blending. This server only hands out files: the built page (web/dist/), the
-ONNX model given with --model and face_landmarker.task. It answers GET and
-HEAD only, so nothing can be uploaded to it, and its Content-Security-Policy
-lets the page talk to no other server.
-
-The page is built once with `cd web && npm ci && npm run build` (see
-docs/web.md); a missing or stale build is reported with that command.
+What the server hands out and refuses, and how the page is built: `deocc_jax/serving/web_lib.py`.
 """
 
 from __future__ import annotations

@@ -200,6 +200,7 @@ def copy_workdir(workdir, tmp_path, name="w") -> pathlib.Path:
 
 def listing(folder) -> list[str]:
     """Every path under `folder`, relative and sorted."""
+    folder = pathlib.Path(folder)
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
@@ -228,3 +229,46 @@ def default_sigint() -> None:
     non-interactive shell), which the child would inherit and, like `nohup`, keep."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Painter:
+    """A blind stand-in model: paints each crop's lower half and predicts it as occluded."""
+
+    resolution, guided, description = 32, False, "a test painter"
+
+    def __init__(self, fail_on_call=None):
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def __call__(self, images, masks=None):
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise RuntimeError("the model crashed")
+        n, r = images.shape[:2]
+        mask = np.zeros((n, r, r, 1), np.float32)
+        mask[:, r // 2:] = 1.0
+        out = images.copy()
+        out[:, r // 2:] = (255, 0, 255)
+        return {"deoccluded": out, "mask": mask}
+
+
+def face_rgb(size: int = 256) -> np.ndarray:
+    from deocc_jax.faces import sample_photos  # the embedded public-domain portraits
+    bgr = cv2.imread(sample_photos.face_photo_paths()[0], cv2.IMREAD_COLOR)
+    return cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
+def face_video(path, frames: int = 12, faststart: bool = False):
+    """An H.264 clip of a real face photo, panning slightly."""
+    import av  # PyAV only where a clip is made
+    face = face_rgb(128)
+    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as out:
+        stream = out.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        for i in range(frames):
+            frame = np.roll(face, i, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -159,47 +159,6 @@ def test_clear_errors_for_guided_models_and_broken_photos(tmp_path, model):
 # ----------------------------------------------------------------------------- faults
 
 
-class _Painter:
-    """A blind stand-in model: paints each crop's lower half and predicts it as occluded."""
-
-    resolution, guided, description = 32, False, "a test painter"
-
-    def __init__(self, fail_on_call=None):
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    def __call__(self, images, masks=None):
-        self.calls += 1
-        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
-            raise RuntimeError("the model crashed")
-        n, r = images.shape[:2]
-        mask = np.zeros((n, r, r, 1), np.float32)
-        mask[:, r // 2:] = 1.0
-        out = images.copy()
-        out[:, r // 2:] = (255, 0, 255)
-        return {"deoccluded": out, "mask": mask}
-
-
-def _face_rgb(size=256):
-    bgr = cv2.imread(sample_photos.face_photo_paths()[0], cv2.IMREAD_COLOR)
-    return cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-
-
-def _face_video(path, frames=12, faststart=False):
-    """An H.264 clip of a real face photo, panning slightly."""
-    face = _face_rgb(128)
-    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as out:
-        stream = out.add_stream("libx264", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
-        for i in range(frames):
-            frame = np.roll(face, i, axis=1)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
 @contextlib.contextmanager
 def _read_only_folder(path):
     """A folder nobody can write, root included (chattr +i), else skip."""
@@ -225,13 +184,13 @@ def _read_only_folder(path):
 
 def _small_png(tmp_path):
     path = tmp_path / "small.png"
-    cv2.imwrite(str(path), cv2.cvtColor(_face_rgb(64), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(pf.face_rgb(64), cv2.COLOR_RGB2BGR))
     return str(path)
 
 
 def test_infer_refuses_outputs_that_are_inputs(empty_val_run, tmp_path):
     # A video written onto itself (a 40-frame clip became 2 frames, exit 0).
-    clip = _face_video(tmp_path / "clip.mp4")
+    clip = pf.face_video(tmp_path / "clip.mp4")
     before = clip.read_bytes()
     proc = pf.run_binary("deocc_jax.infer", f"--model={empty_val_run['workdir']}", f"--input={clip}",
                          f"--output={clip}")
@@ -244,7 +203,7 @@ def test_infer_refuses_outputs_that_are_inputs(empty_val_run, tmp_path):
         infer_lib.run(str(empty_val_run["workdir"]), str(clip), str(link))
     photos = tmp_path / "photos"
     photos.mkdir()
-    cv2.imwrite(str(photos / "a.png"), cv2.cvtColor(_face_rgb(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(photos / "a.png"), cv2.cvtColor(pf.face_rgb(), cv2.COLOR_RGB2BGR))
     listing = {p.name: p.read_bytes() for p in photos.iterdir()}
     with pytest.raises(errors.OutputExistsError, match="input folder"):
         infer_lib.run(str(empty_val_run["workdir"]), str(photos), str(photos))
@@ -255,18 +214,18 @@ def test_infer_refuses_outputs_that_are_inputs(empty_val_run, tmp_path):
 
 
 def test_failed_video_run_leaves_no_output_file(tmp_path):
-    clip = _face_video(tmp_path / "clip.mp4")
+    clip = pf.face_video(tmp_path / "clip.mp4")
     out = tmp_path / "out"
     # Two warm-up calls, then the model dies on the third frame.
     with pytest.raises(RuntimeError, match="the model crashed"):
-        infer_lib.process_video(_Painter(fail_on_call=5), str(clip), str(out / "clip.mp4"),
+        infer_lib.process_video(pf.Painter(fail_on_call=5), str(clip), str(out / "clip.mp4"),
                                 side_by_side_out=True, log=lambda s: None)
     assert pf.listing(out) == []  # no half-written video under any name
 
 
 def test_errors_read_right_and_come_without_traceback(empty_val_run, tmp_path):
     # Infer into a read-only folder: named as such, not as a codec problem (#11).
-    clip = _face_video(tmp_path / "clip.mp4", frames=3)
+    clip = pf.face_video(tmp_path / "clip.mp4", frames=3)
     with _read_only_folder(tmp_path / "ro") as ro:
         proc = pf.run_binary("deocc_jax.infer", f"--model={empty_val_run['workdir']}", f"--input={clip}",
                              f"--output={ro / 'out.mp4'}")
@@ -278,18 +237,18 @@ def test_truncated_jpeg_is_rejected_like_prep_does(empty_val_run, tmp_path):
     from deocc_jax.io import images
     photos = tmp_path / "in"
     photos.mkdir()
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(_face_rgb(), cv2.COLOR_RGB2BGR))
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(pf.face_rgb(), cv2.COLOR_RGB2BGR))
     (photos / "good.jpg").write_bytes(jpeg.tobytes())
     (photos / "cut.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) * 6 // 10])
     with pytest.raises(images.DecodeError) as prep_says:
         images.read_image(str(photos / "cut.jpg"))
     out = tmp_path / "out"
     with pytest.raises(errors.UserError, match=r"cut\.jpg: unreadable"):
-        infer_lib.process_photos(_Painter(), str(photos / "cut.jpg"), str(out), log=lambda s: None)
+        infer_lib.process_photos(pf.Painter(), str(photos / "cut.jpg"), str(out), log=lambda s: None)
     assert not out.exists() or pf.listing(out) == []
     # In a folder: the good photo is restored, the cut one listed with prep's reason.
     lines = []
-    reports = infer_lib.process_photos(_Painter(), str(photos), str(out), log=lines.append)
+    reports = infer_lib.process_photos(pf.Painter(), str(photos), str(out), log=lines.append)
     status = {os.path.basename(r["input"]): (r["status"], r.get("reason")) for r in reports}
     assert status == {"good.jpg": ("restored", None), "cut.jpg": ("rejected", prep_says.value.reason)}
     assert pf.listing(out) == ["good.png"]
@@ -302,26 +261,26 @@ def test_truncated_jpeg_is_rejected_like_prep_does(empty_val_run, tmp_path):
 
 
 def test_truncated_video_is_reported(tmp_path):
-    src = _face_video(tmp_path / "full.mp4", frames=24, faststart=True)
+    src = pf.face_video(tmp_path / "full.mp4", frames=24, faststart=True)
     with av.open(str(src)) as c:  # cut inside the 12th frame's data
         pos = [p.pos for p in c.demux(c.streams.video[0]) if p.size][12]
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(src.read_bytes()[:pos + 4])
     lines = []
-    stats = infer_lib.process_video(_Painter(), str(cut), str(tmp_path / "out"), log=lines.append)
+    stats = infer_lib.process_video(pf.Painter(), str(cut), str(tmp_path / "out"), log=lines.append)
     assert 6 <= stats["frames"] < 24 and stats["frames_expected"] == 24
     assert stats["truncation"].startswith(f"{cut}: decoded {stats['frames']} of 24 frames")
     assert any(line.startswith("warning: ") and "decoded" in line for line in lines)
-    full = infer_lib.process_video(_Painter(), str(src), str(tmp_path / "out2"), log=lambda s: None)
+    full = infer_lib.process_video(pf.Painter(), str(src), str(tmp_path / "out2"), log=lambda s: None)
     assert full["frames"] == 24 and full["truncation"] is None
 
 
 def test_rgba_photo_keeps_its_alpha(tmp_path):
-    rgb = _face_rgb()
+    rgb = pf.face_rgb()
     alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
     src = tmp_path / "rgba.png"
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src)
-    reports = infer_lib.process_photos(_Painter(), str(src), str(tmp_path / "out"), log=lambda s: None)
+    reports = infer_lib.process_photos(pf.Painter(), str(src), str(tmp_path / "out"), log=lambda s: None)
     assert reports[0]["status"] == "restored"
     out = np.asarray(Image.open(reports[0]["output"]))
     assert out.shape == rgb.shape[:2] + (4,)
@@ -337,9 +296,9 @@ def test_infer_has_the_pixel_limit_of_prep(tmp_path):
     with pytest.raises(images.DecodeError) as prep_says:
         images.read_image(str(big))
     with pytest.raises(images.DecodeError) as infer_says:
-        infer_lib.process_photos(_Painter(), str(big), str(tmp_path / "out"), log=lambda s: None)
+        infer_lib.process_photos(pf.Painter(), str(big), str(tmp_path / "out"), log=lambda s: None)
     assert infer_says.value.reason == prep_says.value.reason == images.TOO_LARGE
     with pytest.raises(images.DecodeError, match="too_large"):  # and a lower limit is honoured
-        infer_lib.process_photos(_Painter(), _small_png(tmp_path), str(tmp_path / "out"),
+        infer_lib.process_photos(pf.Painter(), _small_png(tmp_path), str(tmp_path / "out"),
                                  max_pixels=100, log=lambda s: None)
     assert infer_lib.DEFAULT_MAX_PIXELS == images.DEFAULT_MAX_PIXELS  # one constant, one flag default

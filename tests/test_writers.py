@@ -23,49 +23,10 @@ import pytest
 
 from deocc_jax import errors
 from deocc_jax.artifacts import export_lib, loading, predictors
-from deocc_jax.faces import sample_photos
 from deocc_jax.io import assets
 from deocc_jax.restoration import infer_lib
 from deocc_jax.io import atomic, video
 from tests import pairs_fixture as pf
-
-
-class _Painter:
-    """A blind stand-in model: paints each crop's lower half and predicts it as occluded."""
-
-    resolution, guided, description = 32, False, "a test painter"
-
-    def __call__(self, images, masks=None):
-        n, r = images.shape[:2]
-        mask = np.zeros((n, r, r, 1), np.float32)
-        mask[:, r // 2:] = 1.0
-        out = images.copy()
-        out[:, r // 2:] = (255, 0, 255)
-        return {"deoccluded": out, "mask": mask}
-
-
-def _face_rgb(size=128):
-    bgr = cv2.imread(sample_photos.face_photo_paths()[0], cv2.IMREAD_COLOR)
-    return cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-
-
-def _clip(path, frames=12, faststart=False):
-    """An H.264 clip of a real face photo, panning slightly."""
-    face = _face_rgb()
-    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as out:
-        stream = out.add_stream("libx264", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
-        for i in range(frames):
-            frame = np.roll(face, i, axis=1)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
-def _listing(folder):
-    return sorted(str(p.relative_to(folder)) for p in pathlib.Path(folder).rglob("*"))
 
 
 # `python -m deocc_jax.infer` with the painter as its model; it can announce a model
@@ -127,29 +88,29 @@ def _one_error_line(rc, stderr, expected_rc, prefix="error: "):
 
 
 def test_infer_refuses_to_replace_an_existing_output_without_overwrite(tmp_path):
-    clip = _clip(tmp_path / "clip.mp4")
+    clip = pf.face_video(tmp_path / "clip.mp4")
     out = tmp_path / "o" / "v.mp4"
     out.parent.mkdir()
     out.write_bytes(b"keep")
     with pytest.raises(errors.OutputExistsError, match=rf"{re.escape(str(out))}: exists; pass --overwrite"):
-        infer_lib.process_video(_Painter(), str(clip), str(out), log=lambda s: None)
-    assert out.read_bytes() == b"keep" and _listing(out.parent) == ["v.mp4"]
-    stats = infer_lib.process_video(_Painter(), str(clip), str(out), overwrite=True,
+        infer_lib.process_video(pf.Painter(), str(clip), str(out), log=lambda s: None)
+    assert out.read_bytes() == b"keep" and pf.listing(out.parent) == ["v.mp4"]
+    stats = infer_lib.process_video(pf.Painter(), str(clip), str(out), overwrite=True,
                                     log=lambda s: None)
     assert video.probe(str(out)).frame_count == stats["frames"] == 12
     # A photo folder: one existing output is enough to refuse the run before any photo is read.
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("a", "b"):
-        cv2.imwrite(str(photos / f"{name}.png"), cv2.cvtColor(_face_rgb(), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(photos / f"{name}.png"), cv2.cvtColor(pf.face_rgb(128), cv2.COLOR_RGB2BGR))
     folder = tmp_path / "restored"
     folder.mkdir()
     (folder / "b.png").write_bytes(b"keep")
     with pytest.raises(errors.OutputExistsError, match="b.png: exists; pass --overwrite"):
-        infer_lib.process_photos(_Painter(), str(photos), str(folder), log=lambda s: None)
-    assert _listing(folder) == ["b.png"] and (folder / "b.png").read_bytes() == b"keep"
-    infer_lib.process_photos(_Painter(), str(photos), str(folder), overwrite=True, log=lambda s: None)
-    assert _listing(folder) == ["a.png", "b.png"] and (folder / "b.png").read_bytes() != b"keep"
+        infer_lib.process_photos(pf.Painter(), str(photos), str(folder), log=lambda s: None)
+    assert pf.listing(folder) == ["b.png"] and (folder / "b.png").read_bytes() == b"keep"
+    infer_lib.process_photos(pf.Painter(), str(photos), str(folder), overwrite=True, log=lambda s: None)
+    assert pf.listing(folder) == ["a.png", "b.png"] and (folder / "b.png").read_bytes() != b"keep"
     # The binary: one line, exit 2, the file kept; and the report is planned with the rest.
     proc = _start_infer(f"--input={clip}", f"--output={out}", "--quiet")
     _, err = proc.communicate(timeout=300)
@@ -169,10 +130,10 @@ def test_outputs_that_collide_are_refused_naming_both(tmp_path):
     photos = tmp_path / "in"
     photos.mkdir()
     for name in ("x", "x_mask"):
-        cv2.imwrite(str(photos / f"{name}.jpg"), cv2.cvtColor(_face_rgb(), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(photos / f"{name}.jpg"), cv2.cvtColor(pf.face_rgb(128), cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
     with pytest.raises(errors.OutputExistsError) as refused:
-        infer_lib.process_photos(_Painter(), str(photos), str(out), save_masks=True,
+        infer_lib.process_photos(pf.Painter(), str(photos), str(out), save_masks=True,
                                  log=lambda s: None)
     message = errors.one_line(refused.value)
     assert f"the mask of {photos / 'x.jpg'}" in message
@@ -180,8 +141,8 @@ def test_outputs_that_collide_are_refused_naming_both(tmp_path):
     assert str(out / "x_mask.png") in message
     assert not out.exists()  # refused before anything was written
     # Without masks the same folder is fine; the report may not be one of the outputs either.
-    infer_lib.process_photos(_Painter(), str(photos), str(out), log=lambda s: None)
-    assert _listing(out) == ["x.png", "x_mask.png"]
+    infer_lib.process_photos(pf.Painter(), str(photos), str(out), log=lambda s: None)
+    assert pf.listing(out) == ["x.png", "x_mask.png"]
     with pytest.raises(errors.OutputExistsError, match=r"the output of .*x\.jpg and the report"):
         infer_lib.plan_photos(str(photos), str(tmp_path / "o2"), report=str(tmp_path / "o2" / "x.png"))
 
@@ -190,7 +151,7 @@ def test_outputs_that_collide_are_refused_naming_both(tmp_path):
 
 
 def test_sigint_during_warm_up_and_sigterm_mid_video_end_cleanly(tmp_path):
-    clip = _clip(tmp_path / "clip.mp4", frames=40)
+    clip = pf.face_video(tmp_path / "clip.mp4", frames=40)
     # Ctrl-C while the model warms up: nothing done, nothing written, one line, 130.
     out, mark = tmp_path / "o" / "x.mp4", tmp_path / "warming"
     proc = _start_infer(f"--input={clip}", f"--output={out}", "--quiet", MARK=mark,
@@ -209,7 +170,7 @@ def test_sigint_during_warm_up_and_sigterm_mid_video_end_cleanly(tmp_path):
     assert 1 <= done["frames"] < 40 and done["stopped_by"] == "SIGTERM"
     assert f"{done['frames']} frames done, kept in {out}" in line
     assert video.probe(str(out)).frame_count == done["frames"]
-    assert _listing(out.parent) == ["x.mp4"]  # no hidden partial file left
+    assert pf.listing(out.parent) == ["x.mp4"]  # no hidden partial file left
 
 
 def _catches(pid, signum):
@@ -227,7 +188,7 @@ def test_ctrl_c_while_infer_loads_stops_it_before_the_model(tmp_path):
     # Python's own SIGINT handler raises inside whatever import is running, and OpenCV's
     # loader swallows that (the run went on in full). Once infer has taken SIGTERM, it
     # has taken SIGINT too, long before its imports are done.
-    clip = _clip(tmp_path / "clip.mp4", frames=4)
+    clip = pf.face_video(tmp_path / "clip.mp4", frames=4)
     out = tmp_path / "o" / "x.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "deocc_jax.infer", f"--input={clip}",
                              f"--output={out}", "--quiet"], cwd=pf.REPO,
@@ -248,7 +209,7 @@ def test_ctrl_c_while_infer_loads_stops_it_before_the_model(tmp_path):
 
 def test_missing_landmark_model_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
     photo = tmp_path / "p.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(_face_rgb(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(photo), cv2.cvtColor(pf.face_rgb(128), cv2.COLOR_RGB2BGR))
     monkeypatch.setenv(assets.ENV_ASSETS_DIR, "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(assets, "_download", _offline)
@@ -271,7 +232,7 @@ def _never_loaded(*args, **kwargs):
 
 
 def test_nothing_decodable_is_an_error_naming_no_output(tmp_path):
-    src = _clip(tmp_path / "full.mp4", frames=24, faststart=True)
+    src = pf.face_video(tmp_path / "full.mp4", frames=24, faststart=True)
     with av.open(str(src)) as c:  # cut inside the first frame's data
         first = next(p for p in c.demux(c.streams.video[0]) if p.size)
     cut = tmp_path / "cut.mp4"
@@ -279,7 +240,7 @@ def test_nothing_decodable_is_an_error_naming_no_output(tmp_path):
     lines = []
     with pytest.raises(errors.InvalidInputError, match=r"cut.mp4: no frame could be decoded \(0 of "
                                                        r"24; .*\); nothing was written"):
-        infer_lib.process_video(_Painter(), str(cut), str(tmp_path / "out"), log=lines.append)
+        infer_lib.process_video(pf.Painter(), str(cut), str(tmp_path / "out"), log=lines.append)
     assert not (tmp_path / "out").exists() and not any("->" in line for line in lines)
     # A folder where no photo can be read: one line, exit 2, and no output folder.
     photos = tmp_path / "photos"
@@ -342,7 +303,7 @@ def test_export_stopped_by_a_signal_leaves_nothing_unfinished(tmp_path, monkeypa
     assert stopped.value.exit_code == 143
     assert "exports published: none; " in str(stopped.value) and "deocc-7.onnx was not finished" \
         in str(stopped.value)
-    assert _listing(out) == []  # neither the unchecked export nor its staging folder
+    assert pf.listing(out) == []  # neither the unchecked export nor its staging folder
 
 
 # ----------------------------------------------------------------------------- the class: one policy
@@ -414,7 +375,7 @@ def test_no_writer_bypasses_the_writer_policy(tmp_path):
             (tmp_path / "b.txt").write_text("theirs")  # another process got there first
     assert (tmp_path / "b.txt").read_text() == "theirs" and path.read_text() == "first"
     atomic.write_text(str(path), "second", overwrite=True)
-    assert path.read_text() == "second" and _listing(tmp_path) == ["a.txt", "b.txt"]
+    assert path.read_text() == "second" and pf.listing(tmp_path) == ["a.txt", "b.txt"]
 
 
 # ----------------------------------------------------------------------------- evaluate --output
@@ -431,7 +392,7 @@ def test_evaluate_refuses_an_existing_output_without_overwrite(tmp_path):
         eval_lib.evaluate(None, missing, output=str(out), log=lambda s: None)
     with pytest.raises(FileNotFoundError, match="data_prep.build"):  # --overwrite goes on
         eval_lib.evaluate(None, missing, output=str(out), overwrite=True, log=lambda s: None)
-    assert _listing(out.parent) == ["m.md"] and (out.parent / "m.md").read_text() == "keep"
+    assert pf.listing(out.parent) == ["m.md"] and (out.parent / "m.md").read_text() == "keep"
     # The binary: one line naming the file and the flag, exit 2, the file kept.
     out.write_text("keep")
     proc = subprocess.run([sys.executable, "-m", "deocc_jax.evaluate", f"--data_dir={missing}",
@@ -460,7 +421,7 @@ def test_library_writers_refuse_or_replace_on_purpose(tmp_path):
     for _ in range(2):
         writer.write_shard(str(shards), "train", 0, 1, [b"a", b"bc"])
     names = ["train.array_record-00000-of-00001", "train.tfrecord-00000-of-00001"]
-    assert _listing(shards) == names
+    assert pf.listing(shards) == names
     assert writer.read_array_record(str(shards / names[0])) == [b"a", b"bc"]
 
 
@@ -471,12 +432,12 @@ def test_an_animated_gif_is_read_counted_and_its_first_frame_named(tmp_path):
     from PIL import Image
     photos = tmp_path / "in"
     photos.mkdir()
-    face = _face_rgb()
+    face = pf.face_rgb(128)
     cv2.imwrite(str(photos / "a.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
     frames = [Image.fromarray(face), Image.fromarray(np.roll(face, 9, axis=1))]
     frames[0].save(photos / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     lines = []
-    reports = infer_lib.process_photos(_Painter(), str(photos), str(tmp_path / "out"),
+    reports = infer_lib.process_photos(pf.Painter(), str(photos), str(tmp_path / "out"),
                                        log=lines.append)
     assert [os.path.basename(r["input"]) for r in reports] == ["a.png", "b.gif"]
     assert [r["animation_frames"] for r in reports] == [1, 2]
@@ -484,4 +445,4 @@ def test_an_animated_gif_is_read_counted_and_its_first_frame_named(tmp_path):
     assert warned == [f"{photos / 'b.gif'}: an animation of 2 frames; only its first frame is used"]
     assert lines[-1].startswith("2 photo(s): 2 restored") and "; 1 animation(s), first frame only" \
         in lines[-1]
-    assert _listing(tmp_path / "out") == ["a.png", "b.png"]
+    assert pf.listing(tmp_path / "out") == ["a.png", "b.png"]
