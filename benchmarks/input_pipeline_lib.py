@@ -40,7 +40,8 @@ def stage_costs(data_dir: str, split: str, n: int, config) -> dict[str, float]:
         ex = {k: ex[k] for k in input_pipeline.IMAGE_KEYS}
         t2 = time.perf_counter()
         input_pipeline.augment(ex, rng, flip_prob=config.data.flip_prob,
-                               color_jitter=config.data.color_jitter)
+                               color_jitter=config.data.color_jitter,
+                               clean_prob=config.data.get("clean_prob", 0.0))
         t3 = time.perf_counter()
         t_read.append(t1 - t0)
         t_decode.append(t2 - t1)

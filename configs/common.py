@@ -51,7 +51,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.profile = False  # a profiler trace of a few steps into {workdir} (clu periodic_actions.Profile)
 
     c.data = ml_collections.ConfigDict(dict(
-        flip_prob=0.5, color_jitter=0.05, num_threads=2, prefetch_buffer_size=4))
+        flip_prob=0.5, color_jitter=0.05, num_threads=2, prefetch_buffer_size=4,
+        clean_prob=0.0))  # share of pairs shown unoccluded (input_pipeline.augment)
 
     c.model = ml_collections.ConfigDict()
     c.model.mode = "blind"            # blind | guided
@@ -67,7 +68,8 @@ def get_base_config() -> ml_collections.ConfigDict:
         self_attention_stride=0, attention_heads=4, attention_gates=False, mask_head=True))
     c.model.discriminator = ml_collections.ConfigDict(dict(
         base_width=64, n_layers=ml_collections.config_dict.placeholder(int), norm="batch",
-        spectral_norm=False, num_scales=1))
+        spectral_norm=False, num_scales=1,
+        local_parts=""))  # e.g. "mouth,eyes": critics on fixed face-part crops (models/patchgan.py)
 
     c.loss = ml_collections.ConfigDict(dict(
         adversarial="lsgan",       # lsgan | hinge | nonsaturating

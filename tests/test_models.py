@@ -65,6 +65,30 @@ def test_patchgan_receptive_field_is_70_at_256():
     assert rows.max() - rows.min() + 1 == 70 and cols.max() - cols.min() + 1 == 70
 
 
+def test_local_critic_sees_only_its_face_part():
+    c = CONFIGS["realtime"].get_config("runlocal")
+    c.resolution = 64
+    c.model.discriminator.local_parts = "mouth"
+    d = models.build_discriminator(c)
+    x = jnp.zeros((1, 64, 64, 3))
+    v = jax.jit(d.init)(jax.random.key(0, impl="rbg"), x, x)
+    assert "local_mouth" in v["params"]
+    n_scales = c.model.discriminator.num_scales
+
+    def local_logits(img):
+        return d.apply(v, x, img)[n_scales]["logits"].sum()
+
+    g = np.abs(np.asarray(jax.grad(local_logits)(
+        jax.random.normal(jax.random.key(1, impl="rbg"), x.shape)))).sum(axis=(0, 3))
+    t, b, l, r = patchgan.part_box("mouth", 64, 64)
+    assert g[t:b, l:r].sum() > 0
+    outside = g.copy()
+    outside[t:b, l:r] = 0
+    assert outside.sum() == 0
+    with pytest.raises(ValueError, match="unknown part"):
+        patchgan.parse_parts("mouth,nose")
+
+
 @pytest.mark.parametrize("upsample,norm", [("resize_conv", "instance"), ("resize_conv", "group"),
                                           ("resize_conv", "none"), ("conv_transpose", "batch")])
 def test_unet_shapes(upsample, norm):

@@ -246,3 +246,22 @@ def test_ctrl_c_in_training_saves_like_sigterm(tmp_path, faces_dir):
     steps = ckpt.all_steps()
     ckpt.close()
     assert len(steps) == 1 and 0 < steps[0] < 1000, steps
+
+
+def test_clean_pairs_show_the_face_unoccluded_and_leave_other_streams_alone():
+    rng = np.random.default_rng(0)
+    ex = {"clean": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+          "occluded": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+          "mask": np.full((8, 8, 1), 255, np.uint8), "alpha": np.full((8, 8, 1), 255, np.uint8)}
+    out = input_pipeline.augment(ex, np.random.default_rng(1), flip_prob=0.5, color_jitter=0.05,
+                                 clean_prob=1.0)
+    assert np.array_equal(out["occluded"], out["clean"])
+    assert not out["mask"].any() and not out["alpha"].any()
+    kept = input_pipeline.augment(ex, np.random.default_rng(1), flip_prob=0.5, color_jitter=0.05,
+                                  clean_prob=1e-9)
+    assert kept["mask"].all() and not np.array_equal(kept["occluded"], kept["clean"])
+    # clean_prob=0 draws nothing more: the stream of an existing config is unchanged.
+    old, new = np.random.default_rng(2), np.random.default_rng(2)
+    input_pipeline.augment(ex, old, flip_prob=0.5, color_jitter=0.05)
+    input_pipeline.augment(ex, new, flip_prob=0.5, color_jitter=0.05, clean_prob=0.0)
+    assert old.random() == new.random()

@@ -49,8 +49,13 @@ def _decode(serialized: bytes, source: str) -> dict[str, np.ndarray]:
 
 
 def augment(example: dict[str, np.ndarray], rng: np.random.Generator, *, flip_prob: float,
-            color_jitter: float) -> dict[str, np.ndarray]:
+            color_jitter: float, clean_prob: float = 0.0) -> dict[str, np.ndarray]:
     """Same random flip and colour jitter on clean, occluded, mask and alpha.
+
+    With probability `clean_prob` the pair becomes an unoccluded one (occluded = clean,
+    mask = alpha = 0): most frames of a call show nothing over the face, and a model that
+    never saw such a pair paints over eyes and mouths that needed nothing. The draw comes
+    after the others, so `clean_prob=0` leaves every other config's random stream as it was.
 
     The colour jitter is a per-pixel function of the pixel value (brightness,
     contrast around mid-grey, saturation around the pixel's own luma), applied
@@ -60,6 +65,10 @@ def augment(example: dict[str, np.ndarray], rng: np.random.Generator, *, flip_pr
     flip = rng.random() < flip_prob
     b, c, s = rng.uniform(-1.0, 1.0, size=3) * color_jitter
     out = {k: (v[:, ::-1] if flip else v) for k, v in example.items()}
+    if clean_prob > 0 and rng.random() < clean_prob:
+        out["occluded"] = out["clean"]
+        out["mask"] = np.zeros_like(out["mask"])
+        out["alpha"] = np.zeros_like(out["alpha"])
     if color_jitter > 0:
         for k in ("clean", "occluded"):
             x = out[k].astype(np.float32) / 255.0
@@ -105,7 +114,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
           .shuffle(seed=config.seed)
           .map(lambda r: _decode(r, source))
           .random_map(lambda ex, rng: augment(ex, rng, flip_prob=config.data.flip_prob,
-                                              color_jitter=config.data.color_jitter),
+                                              color_jitter=config.data.color_jitter,
+                                              clean_prob=config.data.get("clean_prob", 0.0)),
                       seed=config.seed + 1)
           .repeat(None))
 

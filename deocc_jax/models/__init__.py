@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from deocc_jax.models import layers
+from deocc_jax.models import layers, patchgan
 from deocc_jax.models.patchgan import MultiScalePatchGAN, n_layers_for_resolution, receptive_field
 from deocc_jax.models.unet import UNet
 
@@ -143,6 +143,7 @@ def build_discriminator(config: ml_collections.ConfigDict) -> MultiScalePatchGAN
     n_layers = d.get("n_layers") or n_layers_for_resolution(config.resolution)
     return MultiScalePatchGAN(base_width=d.base_width, n_layers=n_layers, norm=d.norm,
                               spectral_norm=d.spectral_norm, num_scales=d.num_scales,
+                              local_parts=patchgan.parse_parts(d.get("local_parts", "")),
                               dtype=compute_dtype(config), **_conv_factories(config))
 
 

@@ -20,6 +20,32 @@ from deocc_jax.models import layers
 from deocc_jax.models.layers import ModuleDef
 
 
+# Face parts as (top, bottom, left, right) fractions of deocc's aligned crop. Faces are aligned
+# to the FFHQ 5-point template (eyes at y 0.47, nose tip 0.61, mouth corners 0.73 and x 0.39-0.61),
+# so a part is the same box in every example: a local critic there is a fixed crop
+# (Li et al. 2017, Generative Face Completion: a global and a local discriminator).
+FACE_PARTS = {
+    "mouth": (0.5, 0.875, 0.25, 0.75),   # nose and mouth: what masks, hands and cups cover
+    "eyes": (0.3, 0.6, 0.2, 0.8),        # both eyes and brows: sunglasses and glasses
+}
+
+
+def parse_parts(parts: str) -> tuple[str, ...]:
+    """'mouth,eyes' -> ('mouth', 'eyes'); '' -> (). Unknown names raise ValueError."""
+    names = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = [n for n in names if n not in FACE_PARTS]
+    if unknown:
+        raise ValueError(f"model.discriminator.local_parts: unknown part(s) {unknown}; "
+                         f"known: {sorted(FACE_PARTS)}")
+    return names
+
+
+def part_box(part: str, height: int, width: int) -> tuple[int, int, int, int]:
+    """Pixel bounds (top, bottom, left, right) of a face part in a height x width crop."""
+    t, b, l, r = FACE_PARTS[part]
+    return round(t * height), round(b * height), round(l * width), round(r * width)
+
+
 def receptive_field(n_layers: int) -> int:
     """Receptive field in pixels of a PatchGAN with `n_layers` stride-2 convs."""
     return 1 + 3 * (3 * 2 ** n_layers - 1)
@@ -98,12 +124,18 @@ class PatchGAN(nn.Module):
 
 
 class MultiScalePatchGAN(nn.Module):
-    """`num_scales` PatchGANs; scale s sees the inputs average-pooled by 2**s."""
+    """`num_scales` PatchGANs; scale s sees the inputs average-pooled by 2**s.
+
+    Each name in `local_parts` (see FACE_PARTS) adds one more PatchGAN, at full resolution
+    on that part's fixed crop, whose outputs follow the scales' in the returned list (the
+    losses treat every entry alike).
+    """
     base_width: int = 64
     n_layers: int = 3
     norm: str = "batch"
     spectral_norm: bool = False
     num_scales: int = 1
+    local_parts: tuple[str, ...] = ()
     dtype: Any = jnp.float32
     down: ModuleDef = layers.DownConv
     conv: ModuleDef = layers.Conv
@@ -111,6 +143,7 @@ class MultiScalePatchGAN(nn.Module):
     @nn.compact
     def __call__(self, condition: jax.Array, image: jax.Array, train: bool = False) -> list[dict]:
         outputs = []
+        full_condition, full_image = condition, image
         for s in range(self.num_scales):
             if s > 0:
                 condition = nn.avg_pool(condition, (2, 2), strides=(2, 2))
@@ -119,4 +152,10 @@ class MultiScalePatchGAN(nn.Module):
                              norm=self.norm, spectral_norm=self.spectral_norm, dtype=self.dtype,
                              down=self.down, conv=self.conv, name=f"scale{s}")
             outputs.append(scale(condition, image, train))
+        for part in self.local_parts:
+            t, b, l, r = part_box(part, full_image.shape[1], full_image.shape[2])
+            local = PatchGAN(base_width=self.base_width, n_layers=self.n_layers, norm=self.norm,
+                             spectral_norm=self.spectral_norm, dtype=self.dtype,
+                             down=self.down, conv=self.conv, name=f"local_{part}")
+            outputs.append(local(full_condition[:, t:b, l:r], full_image[:, t:b, l:r], train))
         return outputs
