@@ -321,3 +321,37 @@ def test_error_sources_swaps_in_the_true_mask(quickstart_run, tmp_path_factory, 
     other = pairs_fixture.tiny_dataset(tmp_path_factory, faces_dir, resolution=64)
     with pytest.raises(errors.InvalidInputError, match="works at 32 px but the dataset is 64 px"):
         error_sources.run(workdir, str(other), "train", None, 8)
+
+
+def test_realism_ablation_rows_recipes_and_category_losses(tmp_path):
+    from benchmarks import realism_ablation_lib as ral
+
+    def cfg(path, **loss):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump({"loss": {"l1_weight": 10.0, "adv_weight": 1.0, **loss},
+                       "workdir": path, "data": {"clean_prob": 0.0}}, f)
+        return path
+
+    def method(psnr, ssim, identity):
+        overall = {"masked_psnr": psnr, "masked_ssim": ssim, "identity_distance": identity,
+                   "detail_ratio": 0.5}
+        return {"overall": overall,
+                "per_category": {"hand": dict(overall), "cup": {**overall, "masked_ssim": 0.1}}}
+
+    metrics = {"split": "test", "num_examples": 4, "data_dir": "d", "categories": ["cup", "hand"],
+               "checkpoints": {"model": {"path": cfg(str(tmp_path / "a"))},
+                               "compare:b": {"path": cfg(str(tmp_path / "b"), l1_weight=2.0)}},
+               "methods": {"model": method(20.0, 0.6, 0.40), "compare:b": method(19.0, 0.5, 0.35),
+                           "occluded_input": method(13.0, 0.3, 0.36),
+                           "opencv_telea": method(17.0, 0.4, 0.41),
+                           "opencv_ns": method(17.5, 0.45, 0.42)}}
+    table = ral.build(metrics)
+    rows = {r["method"]: r for r in table["rows"]}
+    assert list(rows) == ["model", "compare:b", "occluded_input", "opencv_telea", "opencv_ns"]
+    assert rows["compare:b"]["recipe_vs_first_arm"] == {"loss.l1_weight": 2.0}
+    assert rows["model"]["recipe_vs_first_arm"] == {}
+    assert abs(rows["compare:b"]["identity_vs_nothing"] - (-0.01)) < 1e-9
+    assert rows["model"]["loses_to_inpainting_in"] == ["cup (ssim)"]
+    md = ral.markdown(table)
+    assert "no: cup (ssim)" in md and "`loss.l1_weight=2.0`" in md
