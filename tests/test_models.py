@@ -68,7 +68,7 @@ def test_patchgan_receptive_field_is_70_at_256():
 def test_local_critic_sees_only_its_face_part():
     c = CONFIGS["realtime"].get_config("runlocal")
     c.resolution = 64
-    c.model.discriminator.local_parts = "mouth"
+    c.model.discriminator.local_parts = "mouth,eyes"
     d = models.build_discriminator(c)
     x = jnp.zeros((1, 64, 64, 3))
     v = jax.jit(d.init)(jax.random.key(0, impl="rbg"), x, x)
@@ -85,6 +85,7 @@ def test_local_critic_sees_only_its_face_part():
     outside = g.copy()
     outside[t:b, l:r] = 0
     assert outside.sum() == 0
+    assert patchgan.part_box("eyes", 128, 128) == (40, 80, 24, 104)  # even through the strides
     with pytest.raises(ValueError, match="unknown part"):
         patchgan.parse_parts("mouth,nose")
 

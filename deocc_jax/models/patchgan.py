@@ -40,10 +40,18 @@ def parse_parts(parts: str) -> tuple[str, ...]:
     return names
 
 
-def part_box(part: str, height: int, width: int) -> tuple[int, int, int, int]:
-    """Pixel bounds (top, bottom, left, right) of a face part in a height x width crop."""
+def part_box(part: str, height: int, width: int, multiple: int = 8) -> tuple[int, int, int, int]:
+    """Pixel bounds (top, bottom, left, right) of a face part in a height x width crop.
+
+    Bounds snap to multiples of `multiple` so that the crop halves evenly through the critic's
+    stride-2 convolutions.
+    """
     t, b, l, r = FACE_PARTS[part]
-    return round(t * height), round(b * height), round(l * width), round(r * width)
+
+    def snap(f, n):
+        return multiple * round(f * n / multiple)
+
+    return snap(t, height), snap(b, height), snap(l, width), snap(r, width)
 
 
 def receptive_field(n_layers: int) -> int:
