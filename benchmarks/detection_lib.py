@@ -8,13 +8,18 @@ The library of `python -m benchmarks.detection --output=benchmarks/results/detec
   face is found: before (the MediaPipe landmarker alone, as deocc was) and
   after, per stage of `FaceAnalyzer` (landmarker faces confirmed by the
   full-range detector; faces the full-range stage added), and why the others
-  yielded none;
+  yielded none; also the faces found in all (up to 8 a photo), and those found
+  when every photo is searched down to min_face_px (`face_scale_span` inf);
 - precision: faces found on photos with no face: scikit-image's sample images
   that show no person, each also rotated 90 degrees and enlarged 2x, and
   generated noise, gradients and checkerboards (target 0);
 - cost: `FaceAnalyzer.find` ms per 640x480 frame and per 12 MP photo (a face
-  photo pasted into a 4000x3000 scene), IMAGE mode, and the VIDEO-mode mean per
-  frame with the full-range pass every `FULL_RANGE_EVERY` frames;
+  photo pasted into a 4000x3000 scene) and per 640x480 portrait (the face photo
+  scaled to a 200 px face), IMAGE mode, with up to 8 faces as
+  infer and the service search; the same frame searched down to min_face_px
+  beside its face (`face_scale_span` inf, the tiles' cost); and the VIDEO-mode
+  mean per frame with the full-range pass every `FULL_RANGE_EVERY` frames.
+  The machine may be shared: compare times within one run (ratios);
 - live: the live pipeline (`streaming`, the shipped model, detection as
   shipped) on a 640x480 30 fps clip of one masked face: frames/s paced in real
   time, and unpaced (the rate its stages sustain);
@@ -45,6 +50,8 @@ SKIMAGE_NO_FACE = ("binary_blobs", "brick", "cat", "cell", "checkerboard", "chel
                    "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina",
                    "rocket", "shepp_logan_phantom", "text")
 SWEEP_SIZES = (12, 16, 20, 24, 32, 48)
+# The face in the cost's 640x480 portrait (a selfie's scale), landmark box side in px.
+PORTRAIT_FACE_PX = 200
 
 
 def _as_rgb(x: np.ndarray) -> np.ndarray:
@@ -105,15 +112,26 @@ def _read(path: str) -> np.ndarray:
 
 
 def recall(paths: list[str], before: FaceAnalyzer, after: FaceAnalyzer,
-           read: Callable[[str], np.ndarray] = _read) -> dict[str, Any]:
-    """Photos with at least one face, before and after, per stage, and the reasons for none."""
+           read: Callable[[str], np.ndarray] = _read, full_search: FaceAnalyzer | None = None
+           ) -> dict[str, Any]:
+    """Photos with at least one face, before and after, per stage, and the reasons for none.
+
+    With `full_search` (an analyzer searching every photo down to min_face_px),
+    also the faces it finds in all: what `after`'s cheaper search misses.
+    """
     counts = {"landmarker_alone": 0, "after": 0, "after_landmarker_stage": 0,
-              "after_full_range_stage_only": 0}
+              "after_full_range_stage_only": 0, "faces_landmarker_alone": 0, "faces_after": 0}
     reasons: dict[str, int] = {}
     for p in paths:
         image = read(p)
-        counts["landmarker_alone"] += bool(before.detect(image))
+        alone = before.detect(image)
+        counts["landmarker_alone"] += bool(alone)
+        counts["faces_landmarker_alone"] += len(alone)
         search = after.find(image)
+        counts["faces_after"] += len(search.faces)
+        if full_search is not None:
+            counts["faces_full_search"] = counts.get("faces_full_search", 0) + len(
+                full_search.detect(image))
         sources = {f.source for f in search.faces}
         counts["after"] += bool(search.faces)
         counts["after_landmarker_stage"] += detect.LANDMARKER in sources
@@ -161,19 +179,35 @@ def _time_ms(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 
 
 def cost(face_photo: np.ndarray, analyzer: FaceAnalyzer, landmarker_alone: FaceAnalyzer,
-         video: FaceAnalyzer, repeats: int = 10) -> dict[str, Any]:
+         video: FaceAnalyzer, full_search: FaceAnalyzer | None = None, repeats: int = 10
+         ) -> dict[str, Any]:
     """ms per 640x480 frame and per 12 MP photo with a face (IMAGE mode), and VIDEO mode per frame."""
     s = min(1.0, 300.0 / max(face_photo.shape[:2]))
     frame, _ = _paste(face_photo, (480, 640), s, (170, 90))
+    # A portrait: the face photo scaled to a PORTRAIT_FACE_PX face, centred on it.
+    ref = detect.largest_face(landmarker_alone.detect(face_photo))
+    k = PORTRAIT_FACE_PX / detect.face_size(ref)
+    cx, cy = (ref.bbox[:2] + ref.bbox[2:]) / 2 * k
+    portrait, _ = _paste(face_photo, (480, 640), k, (max(0, round(320 - cx)), max(0, round(240 - cy))))
     big, _ = _paste(face_photo, (3000, 4000), 1.0, (1800, 1200))
     empty, _ = _paste(face_photo[:1, :1], (480, 640), 1.0, (0, 0))
     out = {"frame_640x480_ms": _time_ms(lambda: analyzer.find(frame), repeats),
            "frame_640x480_no_face_ms": _time_ms(lambda: analyzer.find(empty), repeats),
            "frame_640x480_landmarker_alone_ms": _time_ms(lambda: landmarker_alone.detect(frame),
                                                          repeats),
+           "frame_640x480_face_px": round(max(detect.face_size(f) for f in analyzer.detect(frame))),
+           "portrait_640x480_ms": _time_ms(lambda: analyzer.find(portrait), repeats),
+           "portrait_640x480_landmarker_alone_ms": _time_ms(lambda: landmarker_alone.detect(portrait),
+                                                            repeats),
+           "portrait_640x480_face_px": round(max(detect.face_size(f)
+                                                 for f in analyzer.detect(portrait))),
            "photo_12mp_ms": _time_ms(lambda: analyzer.find(big), max(2, repeats // 3)),
            "photo_12mp_landmarker_alone_ms": _time_ms(lambda: landmarker_alone.detect(big),
                                                       max(2, repeats // 3))}
+    if full_search is not None:
+        # The same photo searched down to min_face_px beside its face (tiles as before).
+        out["frame_640x480_full_search_ms"] = _time_ms(lambda: full_search.find(frame), repeats)
+        out["portrait_640x480_full_search_ms"] = _time_ms(lambda: full_search.find(portrait), repeats)
     ts_ms = 0  # VIDEO mode needs increasing timestamps across both clips
     for name, img in (("video_640x480_face", frame), ("video_640x480_no_face", empty)):
         t0 = time.perf_counter()
@@ -241,22 +275,23 @@ def run(masked_dir: str, faces_dir: str, *, max_faces_photos: int = 0, sweep_pho
     with FaceAnalyzer(num_faces=8, full_range=False) as before, \
             FaceAnalyzer(num_faces=8) as after, \
             FaceAnalyzer(num_faces=8, min_face_px=SWEEP_SIZES[0] * 0.75) as after_any_size, \
-            FaceAnalyzer(mode="video", num_faces=4) as video:
+            FaceAnalyzer(mode="video", num_faces=4) as video, \
+            FaceAnalyzer(num_faces=8, face_scale_span=float("inf")) as full_search:
         log("precision on photos with no face")
         prec = precision(no_face_images(), before, after)
         log(f"  {prec}")
         log("recall on real masked photos")
-        rec_masked = recall(_photos(masked_dir), before, after)
+        rec_masked = recall(_photos(masked_dir), before, after, full_search=full_search)
         log(f"  {rec_masked}")
         faces_paths = _photos(faces_dir, max_faces_photos)
         log(f"recall on {len(faces_paths)} photos of {faces_dir}")
-        rec_faces = recall(faces_paths, before, after)
+        rec_faces = recall(faces_paths, before, after, full_search=full_search)
         log(f"  {rec_faces}")
         log("min_face_px sweep")
         sweep = min_face_sweep(_photos(faces_dir)[:sweep_photos], after_any_size, before)
         log(f"  {sweep}")
         log("cost")
-        timing = cost(_read(_photos(faces_dir)[0]), after, before, video)
+        timing = cost(_read(_photos(faces_dir)[0]), after, before, video, full_search)
         log(f"  {timing}")
     live_rec = None
     if live:

@@ -22,6 +22,9 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on. Anything
                             "address makes the page (and the model) reachable from the network.")
 _LANDMARKER_MODEL = flags.DEFINE_string("landmarker_model", None, "Path of face_landmarker.task "
                                         "(default: $DEOCC_ASSETS_DIR or the user cache).")
+_FULL_RANGE_MODEL = flags.DEFINE_string(
+    "full_range_model", None, "Path of face_detection_full_range.tflite, the detector that finds "
+    "the faces the landmarker misses (default: $DEOCC_ASSETS_DIR or the user cache).")
 _WEB_DIR = flags.DEFINE_string("web_dir", web_lib.WEB_DIR, "The web/ folder (its dist/ is served).")
 _LOG_REQUESTS = flags.DEFINE_bool("log_requests", False, "Log every request to stderr.")
 
@@ -30,7 +33,8 @@ def main(argv):
     if len(argv) > 1:
         raise errors.InvalidInputError(f"unexpected arguments: {argv[1:]}")
     server = web_lib.PageServer(_MODEL.value, host=_HOST.value, port=_PORT.value,
-                                landmarker_model=_LANDMARKER_MODEL.value, web_dir=_WEB_DIR.value,
+                                landmarker_model=_LANDMARKER_MODEL.value,
+                                full_range_model=_FULL_RANGE_MODEL.value, web_dir=_WEB_DIR.value,
                                 verbose=_LOG_REQUESTS.value)
     info = server.page_config["model"]
     print(f"deocc web page for {info['name']} ({info['resolution']} px): {server.url}", flush=True)

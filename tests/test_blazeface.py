@@ -183,6 +183,80 @@ def test_video_mode_keeps_a_full_range_face(portrait, landmarker_alone):
     assert counts == [1] * 7     # found on frame 0, then tracked between full-range passes
 
 
+def _counting_passes(detector, monkeypatch) -> list:
+    """Records the input shape of every full-range pass `detector` makes."""
+    calls, raw = [], detector.raw
+    monkeypatch.setattr(detector, "raw", lambda img: (calls.append(img.shape[:2]), raw(img))[1])
+    return calls
+
+
+def test_a_confirmed_face_costs_one_whole_photo_pass_not_the_tiles(
+        analyzer, landmarker_alone, portrait, monkeypatch):
+    ref = landmarker_alone.detect(portrait)[0]
+    scene = _scene(portrait, (480, 640), 200.0 / ref.width, (150, 60))   # a 200 px face
+    passes = _counting_passes(analyzer._detector, monkeypatch)
+    search = analyzer.find(scene)
+    assert len(search.faces) == 1 and search.faces[0].source == detect.LANDMARKER
+    # The whole photo, at most one upright check; no tiles (nine at 640x480 for 16 px faces).
+    assert passes[0] == (480, 640) and len(passes) <= 2, passes
+
+
+def test_whole_pass_reuse_and_a_larger_smallest_face_drop_tiles(detector, portrait):
+    scene = _scene(portrait, (960, 1280), 0.5, (300, 200))
+    whole = detector.whole_pass(scene)
+    full = detector.detect(scene)
+    again = detector.detect(scene, whole=whole)
+    assert [d.score for d in again] == [d.score for d in full]
+    # Faces from 80 px are seen whole at 1280 px (12 px of the 192 px input): no tiles needed.
+    assert blazeface.tile_sides(1280, 960, 80) == [] and blazeface.tile_sides(1280, 960, 16)
+    coarse = detector.detect(scene, min_face_px=80, whole=whole)
+    assert [d.score for d in coarse] == [d.score for d in blazeface.merge([whole])]
+
+
+def test_search_min_face_px_follows_the_smallest_face_found():
+    face = lambda side: detect._face(np.array([[0, 0], [side, side * 0.8]], np.float32))  # noqa: E731
+    assert detect.search_min_face_px([], 16) == 16
+    assert detect.search_min_face_px([face(400), face(200)], 16) == 200 / detect.FACE_SCALE_SPAN
+    assert detect.search_min_face_px([face(40)], 16) == 16       # never below min_face_px
+    assert detect.search_min_face_px([face(400)], 16, span=float("inf")) == 16
+    with pytest.raises(ValueError, match="face_scale_span"):
+        FaceAnalyzer(face_scale_span=0.5)
+
+
+def test_a_face_a_few_times_smaller_than_a_landmarked_one_is_still_found(
+        analyzer, landmarker_alone, portrait):
+    ref = landmarker_alone.detect(portrait)[0]
+    scene = _scene(portrait, (960, 1280), 200.0 / ref.width, (60, 60))       # found by the landmarker
+    small = cv2.resize(portrait, None, fx=74.0 / ref.width, fy=74.0 / ref.width,
+                       interpolation=cv2.INTER_AREA)  # 74 px: below the 80 px the whole-photo pass sees
+    scene[-40 - small.shape[0]:-40, -40 - small.shape[1]:-40] = small
+    faces = analyzer.find(scene).faces
+    assert [f.source for f in faces] == [detect.LANDMARKER, detect.FULL_RANGE]
+    assert detect.search_min_face_px(faces[:1], 16) < detect.face_size(faces[1]) < 80
+
+
+def test_landmarks_of_a_flipped_photo_unmirror_onto_the_photos(landmarker_alone, portrait):
+    order = L.mirror_order()
+    assert sorted(order) == list(range(478)) and (order[order] == np.arange(478)).all()
+    assert order[33] == 263 and order[L.NOSE_TIP] == L.NOSE_TIP and order[468] == 473
+    face = landmarker_alone.detect(portrait)[0]
+    flipped = landmarker_alone.detect(np.ascontiguousarray(portrait[:, ::-1]))[0]
+    back = L.unmirror(flipped.landmarks, portrait.shape[1])
+    assert np.abs(back - face.landmarks).mean() < 0.01 * face.width
+
+
+def test_a_turned_masked_face_is_found_through_its_mirror_image(analyzer, shared_dir):
+    # A head turned to the image's left above a mask: the landmark model says
+    # "no face" (presence 0.05) on it, and 0.99 on its mirror image.
+    photo = _read(shared_dir / "data" / "real_masked" / "with_mask286.jpg")
+    search = analyzer.find(photo)
+    assert [f.source for f in search.faces] == [detect.FULL_RANGE]
+    mirrored = analyzer.find(np.ascontiguousarray(photo[:, ::-1])).faces
+    assert len(mirrored) == 1
+    back = L.unmirror(mirrored[0].landmarks, photo.shape[1])
+    assert np.abs(back - search.faces[0].landmarks).mean() < 0.02 * search.faces[0].width
+
+
 # --- what infer says per photo ------------------------------------------------------------
 
 def test_infer_names_why_a_photo_has_no_face(tmp_path, portrait, landmarker_alone):

@@ -29,6 +29,7 @@ cover every face size between `min_face_px` and what the whole-photo pass sees.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -41,7 +42,7 @@ GRID = 48                  # 192 / stride 4
 NUM_ANCHORS = GRID * GRID  # 2304
 NUM_KEYPOINTS = 6
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
-RIGHT_EYE, LEFT_EYE, NOSE_TIP, MOUTH = 0, 1, 2, 3
+RIGHT_EYE, LEFT_EYE, NOSE_TIP, MOUTH, RIGHT_EAR, LEFT_EAR = 0, 1, 2, 3, 4, 5
 SCORE_CLIP = 100.0
 NMS_IOU = 0.3
 # Google's graph keeps scores >= 0.6. Covered faces score lower (on real masked
@@ -220,6 +221,21 @@ def tile_sides(width: int, height: int, min_face_px: float) -> list[int]:
     return sides
 
 
+class Candidates(NamedTuple):
+    """Detections of one pass before NMS, in image pixels: boxes [N, 4], keypoints [N, 6, 2], scores [N]."""
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    scores: np.ndarray
+
+
+def merge(parts: list[Candidates]) -> list[Detection]:
+    """The detections of several passes (whole image, tiles), merged by weighted NMS, best first."""
+    boxes = np.concatenate([p.boxes for p in parts]).reshape(-1, 4)
+    kps = np.concatenate([p.keypoints for p in parts]).reshape(-1, NUM_KEYPOINTS, 2)
+    scores = np.concatenate([p.scores for p in parts])
+    return [Detection(box=b, keypoints=k, score=s) for b, k, s in weighted_nms(boxes, kps, scores)]
+
+
 class FullRangeDetector:
     """The full-range BlazeFace in LiteRT's interpreter.
 
@@ -267,7 +283,7 @@ class FullRangeDetector:
         return reg, logits, box
 
     def _candidates(self, image_rgb: np.ndarray, x0: int = 0, y0: int = 0,
-                    max_size: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    max_size: float | None = None) -> Candidates:
         reg, logits, lb = self.raw(image_rgb)
         scores = sigmoid_scores(logits)
         keep = scores >= self.min_score
@@ -278,24 +294,33 @@ class FullRangeDetector:
         boxes, kps = decode_boxes(reg[keep], anchors()[keep])
         boxes = lb.to_image(boxes.reshape(-1, 2, 2)).reshape(-1, 4) + [x0, y0, x0, y0]
         kps = lb.to_image(kps) + [x0, y0]
-        return boxes, kps, scores[keep]
+        return Candidates(boxes, kps, scores[keep])
 
-    def detect(self, image_rgb: np.ndarray) -> list[Detection]:
-        """Faces in one uint8 RGB image, best first, in image pixels."""
+    def whole_pass(self, image_rgb: np.ndarray) -> Candidates:
+        """The one letterboxed pass over the whole image, before NMS (`detect`'s `whole`)."""
         image_rgb = np.asarray(image_rgb)
         if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[-1] != 3:
             raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
+        return self._candidates(image_rgb)
+
+    def detect(self, image_rgb: np.ndarray, min_face_px: float | None = None,
+               whole: Candidates | None = None) -> list[Detection]:
+        """Faces in one uint8 RGB image, best first, in image pixels.
+
+        Args:
+          image_rgb: uint8 [H, W, 3].
+          min_face_px: the smallest face to search tiles for; None: the
+            detector's own `min_face_px`.
+          whole: `whole_pass` of this image when already run (it is not run again).
+        """
+        parts = [whole if whole is not None else self.whole_pass(image_rgb)]
         h, w = image_rgb.shape[:2]
-        parts = [self._candidates(image_rgb)]
-        for side in tile_sides(w, h, self.min_face_px):
+        smallest = self.min_face_px if min_face_px is None else float(min_face_px)
+        for side in tile_sides(w, h, smallest):
             for (tx0, ty0, tx1, ty1) in tiles(w, h, side):
                 parts.append(self._candidates(image_rgb[ty0:ty1, tx0:tx1], tx0, ty0,
                                               max_size=TILE_OVERLAP * side))
-        boxes = np.concatenate([p[0] for p in parts]).reshape(-1, 4)
-        kps = np.concatenate([p[1] for p in parts]).reshape(-1, NUM_KEYPOINTS, 2)
-        scores = np.concatenate([p[2] for p in parts])
-        return [Detection(box=b, keypoints=k, score=s)
-                for b, k, s in weighted_nms(boxes, kps, scores)]
+        return merge(parts)
 
     def close(self) -> None:
         self._interpreter = None

@@ -11,7 +11,12 @@ into a clock or a texture. Agreement (`verify`): the landmark model's
 presence score, then the detector run again on the face turned upright by
 its landmarks (where the detector's keypoints are accurate; on a turned face
 they drift by most of an eye distance) must find it, with its eyes on the
-landmarks' eyes and an eye distance that fits its box.
+landmarks' eyes and an eye distance that fits its box. The landmark model's
+presence score is not left-right symmetric: on a head turned one way above a
+mask it is often near 0 and on the mirror image near 1, so a detection in
+which neither pass sees a face is tried again on the photo flipped
+left-right (`mirror_detection`, `landmarks.unmirror`), with the same checks
+on the second pass.
 
 The landmarker itself also finds faces in a few photos with none (a clock, a
 colour wheel, microscopy images, with presence scores near 1), so in photos
@@ -58,6 +63,9 @@ EYE_TO_BOX = (0.2, 0.65)
 # At 2.0 clear faces in small photos scored 0 to 0.3; at 3.0, 0.68 to 0.9, and
 # the landmarker's false faces at most 0.4, none with its eyes on the landmarks'.
 UPRIGHT_SCALE = 3.0
+# A mirror image swaps the subject's right and left eye and ear keypoints.
+MIRROR_KEYPOINTS = (blazeface.LEFT_EYE, blazeface.RIGHT_EYE, blazeface.NOSE_TIP, blazeface.MOUTH,
+                    blazeface.LEFT_EAR, blazeface.RIGHT_EAR)
 # The most detections landmarked per image (noise can fire many).
 MAX_CHECKS = 16
 # A detection is the same face as a landmarked one when its box centre lies in
@@ -158,6 +166,49 @@ def verify(image_rgb: np.ndarray, landmarks: np.ndarray, detector: blazeface.Ful
     return fits_face(upright, pts, max_eye_offset)
 
 
+def landmark_detection(image_rgb: np.ndarray, det: blazeface.Detection, face_mesh: mesh.FaceMesh,
+                       detector: blazeface.FullRangeDetector, *, refined_only: bool = False
+                       ) -> tuple[np.ndarray, str | None, bool]:
+    """Landmarks a detection on an upright crop and checks that they fit a face.
+
+    Args:
+      image_rgb: uint8 [H, W, 3].
+      det: the detection.
+      face_mesh: the landmark model.
+      detector: the full-range detector (for `verify`).
+      refined_only: accept only the second pass (on the first one's
+        landmarks), not the first pass alone.
+
+    Returns:
+      The landmarks [478, 2], None when they pass `verify` (else why not), and
+      whether either pass saw a face (presence at least MIN_PRESENCE).
+    """
+    roi = mesh.roi_from_points(det.box, det.keypoints[blazeface.RIGHT_EYE],
+                               det.keypoints[blazeface.LEFT_EYE])
+    # The second pass (on the first one's landmarks) is the more accurate
+    # when it still sees a face; on turned, covered faces it can drift off.
+    first = face_mesh.run(image_rgb, roi)
+    second = face_mesh.run(image_rgb, mesh.roi_from_landmarks(first.landmarks))
+    why, present = "face presence too low", False
+    for r in (second,) if refined_only else (second, first):
+        if r.presence >= MIN_PRESENCE:
+            present = True
+            why = verify(image_rgb, r.landmarks, detector)
+            if why is None:
+                return r.landmarks, None, True
+        else:
+            why = f"face presence {r.presence:.2f} < {MIN_PRESENCE}"
+    return second.landmarks, why, present
+
+
+def mirror_detection(det: blazeface.Detection, width: float) -> blazeface.Detection:
+    """The detection of the same face in the photo flipped left-right (`width` px wide)."""
+    box = np.array([width - det.box[2], det.box[1], width - det.box[0], det.box[3]], np.float32)
+    kps = det.keypoints[list(MIRROR_KEYPOINTS)].copy()
+    kps[:, 0] = width - kps[:, 0]
+    return blazeface.Detection(box=box, keypoints=kps, score=det.score)
+
+
 @dataclasses.dataclass
 class SearchResult:
     """What the full-range stage found beyond the faces already landmarked.
@@ -195,28 +246,28 @@ def search(image_rgb: np.ndarray, detections: list[blazeface.Detection],
     out = SearchResult()
     boxes = [landmark_box(f) for f in found]
     checks = 0
+    flipped = None
     for det in detections:
         if len(out.landmarks) >= max_new or checks >= MAX_CHECKS:
             break
         if covered(det, boxes):
             continue
         checks += 1
-        roi = mesh.roi_from_points(det.box, det.keypoints[blazeface.RIGHT_EYE],
-                                   det.keypoints[blazeface.LEFT_EYE])
-        # The second pass (on the first one's landmarks) is the more accurate
-        # when it still sees a face; on turned, covered faces it can drift off.
-        first = face_mesh.run(image_rgb, roi)
-        second = face_mesh.run(image_rgb, mesh.roi_from_landmarks(first.landmarks))
-        result, why = second, "face presence too low"
-        for r in (second, first):
-            if r.presence >= MIN_PRESENCE:
-                why = verify(image_rgb, r.landmarks, detector)
-                if why is None:
-                    result = r
-                    break
-            else:
-                why = f"face presence {r.presence:.2f} < {MIN_PRESENCE}"
-        box = landmark_box(result.landmarks)
+        landmarks, why, present = landmark_detection(image_rgb, det, face_mesh, detector)
+        if not present:
+            # The landmark model's face presence is not left-right symmetric: on
+            # heads turned one way above a mask it is near 0, on their mirror
+            # image often near 1. The mirrored photo goes through the same
+            # checks, and its face must hold in the second pass: the clock that
+            # passes them mirrored sees its presence fall from 0.55 to 0.06 there.
+            if flipped is None:
+                flipped = np.ascontiguousarray(image_rgb[:, ::-1])
+            width = image_rgb.shape[1]
+            m_landmarks, m_why, _ = landmark_detection(flipped, mirror_detection(det, width),
+                                                       face_mesh, detector, refined_only=True)
+            if m_why is None:
+                landmarks, why = lmk.unmirror(m_landmarks, width), None
+        box = landmark_box(landmarks)
         if why is not None:
             out.rejected += 1
             out.reasons.append(why)
@@ -228,6 +279,6 @@ def search(image_rgb: np.ndarray, detections: list[blazeface.Detection],
             boxes.append(box)
         else:
             out.detected += 1
-            out.landmarks.append(result.landmarks)
+            out.landmarks.append(landmarks)
             boxes.append(box)
     return out

@@ -15,6 +15,14 @@ scarves, hands: the faces a de-occluder exists for). Then the full-range
 BlazeFace (`faces.blazeface`) looks for faces it did not cover, and each is
 landmarked on an upright crop and kept only if the landmarks fit a face
 (`faces.cascade`). `find` also says why an image yielded no face.
+
+Most of a photo's cost is the detector's tiles (nine passes at 640x480 for
+16 px faces, against one for the whole photo), so they run only where they
+can matter: the landmarker's faces are confirmed with the whole-photo pass
+and an upright check first, and beside faces already found the tiles look
+only for faces down to 1 / `FACE_SCALE_SPAN` of the smallest of them
+(`search_min_face_px`). A photo with no face found is still searched down to
+`min_face_px`.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ FULL_RANGE_EVERY = 5
 # A face the full-range stage added stays tracked while its presence is this high.
 MIN_TRACK_PRESENCE = 0.5
 NUM_LANDMARKS = 478
+# Photos: once faces are found, further faces are searched down to this many
+# times smaller than the smallest of them (`search_min_face_px`).
+FACE_SCALE_SPAN = 3.0
 # MediaPipe's blendshape categories in index order (face_landmarker.task v1).
 # "_neutral" is a placeholder that the model scores 0; the other 51 are expressions.
 BLENDSHAPE_NAMES = (
@@ -140,6 +151,20 @@ def face_size(face: Face) -> float:
     return max(face.width, face.height)
 
 
+def search_min_face_px(faces: list[Face], min_face_px: float,
+                       span: float = FACE_SCALE_SPAN) -> float:
+    """The smallest face a photo's full-range search looks for, given the faces already found.
+
+    Beside faces already found, only faces down to 1 / `span` of the smallest
+    of them are searched (never below `min_face_px`): the tiles that find
+    smaller ones are most of the search's cost. `span` inf: down to
+    `min_face_px` always.
+    """
+    if not faces:
+        return float(min_face_px)
+    return max(float(min_face_px), min(face_size(f) for f in faces) / span)
+
+
 def faces_from_result(result, width: int, height: int) -> list[Face]:
     """Converts a FaceLandmarkerResult (normalised coords) into pixel-space Faces.
 
@@ -174,12 +199,16 @@ class FaceAnalyzer:
       full_range_model: explicit face_detection_full_range.tflite.
       full_range_every: video mode: the most frames between two full-range
         passes.
+      face_scale_span: image mode: beside faces found, search further faces
+        down to 1 / this of the smallest (`search_min_face_px`); inf: always
+        down to `min_face_px`.
     """
 
     def __init__(self, mode: str = "image", num_faces: int = 1, min_confidence: float = 0.3,
                  model_path: str | None = None, blendshapes: bool = False, *,
                  full_range: bool = True, min_face_px: float = cascade.DEFAULT_MIN_FACE_PX,
-                 full_range_model: str | None = None, full_range_every: int = FULL_RANGE_EVERY):
+                 full_range_model: str | None = None, full_range_every: int = FULL_RANGE_EVERY,
+                 face_scale_span: float = FACE_SCALE_SPAN):
         # MediaPipe loads models and threads: only where faces are found.
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core import base_options
@@ -190,6 +219,9 @@ class FaceAnalyzer:
             raise ValueError(f"min_face_px must be >= 0, got {min_face_px}")
         if full_range_every < 1:
             raise ValueError(f"full_range_every must be >= 1, got {full_range_every}")
+        if not face_scale_span >= 1:
+            raise ValueError(f"face_scale_span must be >= 1, got {face_scale_span}")
+        self.face_scale_span = float(face_scale_span)
         self.mode = mode
         self.blendshapes = bool(blendshapes)
         self.num_faces = int(num_faces)
@@ -272,16 +304,22 @@ class FaceAnalyzer:
                       ) -> FaceSearch:
         """Adds the full-range stage's faces to `first`, then applies `min_face_px`."""
         detected, rejected = len(first), 0
-        faces = list(first)
+        faces, too_small = list(first), []
+        detections = None
         if self._detector is not None and run_detector:
-            detections = self._detector.detect(image_rgb)
             if self.mode == "image":
                 # Photos only: in a stream the landmarker's faces are tracked
                 # between full-range passes and must not blink in and out.
-                faces = [f for f in first if cascade.keep_landmarker_face(
-                    image_rgb, f.landmarks, detections, self._detector)]
+                faces, whole, detections = self._confirmed(image_rgb, first)
                 rejected = len(first) - len(faces)
-        if self._detector is not None and run_detector and len(faces) < self.num_faces:
+                if detections is None and len(faces) < self.num_faces:
+                    detections = self._detector.detect(
+                        image_rgb, min_face_px=search_min_face_px(faces, self.min_face_px,
+                                                              self.face_scale_span),
+                        whole=whole)
+            else:
+                detections = self._detector.detect(image_rgb)
+        if detections is not None and len(faces) < self.num_faces:
             found = cascade.search(image_rgb, detections,
                                    [f.landmarks for f in first], self._mesh, self._detector,
                                    max_new=self.num_faces - len(faces), min_face_px=self.min_face_px)
@@ -289,11 +327,33 @@ class FaceAnalyzer:
             faces += [self._cascade_face(lm) for lm in found.landmarks]
             detected += found.detected
             too_small = list(found.too_small)
-        else:
-            too_small = []
         kept = [f for f in faces if face_size(f) >= self.min_face_px]
         too_small += [f.bbox for f in faces if face_size(f) < self.min_face_px]
         return FaceSearch(faces=kept, too_small=too_small, rejected=rejected, detected=detected)
+
+    def _confirmed(self, image_rgb: np.ndarray, first: list[Face]
+                   ) -> tuple[list[Face], blazeface.Candidates, list[blazeface.Detection] | None]:
+        """The landmarker's faces that the full-range detector confirms (photos), in order.
+
+        A face is kept when a detection at least `cascade.STRONG_CONFIRM_SCORE`
+        sure lies in it, or when `cascade.verify` agrees. The whole-photo pass
+        and the upright check settle almost every face, so the tiles (most of
+        the detector's cost) run here only for a face that neither confirms.
+
+        Returns:
+          The faces kept, the whole-photo pass, and the detections with tiles
+          down to `min_face_px` when they were run (else None).
+        """
+        whole = self._detector.whole_pass(image_rgb)
+        coarse = blazeface.merge([whole])
+        unsure = [i for i, f in enumerate(first) if not cascade.keep_landmarker_face(
+            image_rgb, f.landmarks, coarse, self._detector)]
+        fine = None
+        if unsure:
+            fine = self._detector.detect(image_rgb, whole=whole)
+            unsure = [i for i in unsure if cascade.confirm_score(first[i].landmarks, fine)
+                      < cascade.STRONG_CONFIRM_SCORE]
+        return [f for i, f in enumerate(first) if i not in unsure], whole, fine
 
     def close(self) -> None:
         if self._landmarker is not None:

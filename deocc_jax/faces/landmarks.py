@@ -220,3 +220,34 @@ def head_pose(landmarks: np.ndarray, face: CanonicalFace) -> HeadPose:
                     roll=float(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))),
                     error=float(np.sqrt((w @ sq) / w.sum())) / iod,
                     error_all=float(np.sqrt(sq.mean())) / iod)
+
+
+# A mirrored photo's iris points: each iris's centre, top and bottom map to the
+# other iris's; its image-left and image-right points swap sides.
+_IRIS_MIRROR = {468: 473, 469: 476, 470: 475, 471: 474, 472: 477}
+
+
+@functools.lru_cache(maxsize=4)
+def mirror_order(model_path: str | None = None) -> np.ndarray:
+    """int [478]: the landmark a mirror image puts at each index (an involution).
+
+    Landmarks found on a horizontally flipped photo are those of the photo once
+    their x is flipped back and they are reordered by this: `flipped[order]`.
+    The mesh's pairs come from the canonical face, which is left-right
+    symmetric; the irises from `_IRIS_MIRROR`.
+    """
+    v = canonical_face(model_path).vertices
+    mirrored = v * np.array([-1.0, 1.0, 1.0])
+    order = np.linalg.norm(v[:, None] - mirrored[None], axis=-1).argmin(1)
+    iris = {**_IRIS_MIRROR, **{b: a for a, b in _IRIS_MIRROR.items()}}
+    order = np.concatenate([order, [iris[i] for i in range(NUM_MESH_POINTS, 478)]])
+    if sorted(order) != list(range(478)):
+        raise ValueError("the canonical face is not left-right symmetric")
+    return order
+
+
+def unmirror(landmarks: np.ndarray, width: float) -> np.ndarray:
+    """Landmarks [478, 2] found on a photo flipped left-right, in the photo `width` px wide."""
+    pts = np.asarray(landmarks, np.float32)[mirror_order()].copy()
+    pts[:, 0] = width - pts[:, 0]   # continuous coordinates: pixel edges at 0 and width
+    return pts

@@ -1,10 +1,12 @@
 r"""The in-browser de-occlusion page's HTTP server (the library of `python -m deocc_jax.web`).
 
-The page runs everything in the browser: MediaPipe's face landmarker, deocc's
-alignment, the ONNX model (onnxruntime-web, WebAssembly or WebGPU) and the
-blending. This server only hands out files: the built page (web/dist/), the
-ONNX model given with --model and face_landmarker.task. It answers GET and
-HEAD only, so nothing can be uploaded to it, and its Content-Security-Policy
+The page runs everything in the browser: MediaPipe's face landmarker, the
+full-range face detector and landmark model that find the faces it misses
+(`web_models`, as the Python pipeline does), deocc's alignment, the ONNX model
+(onnxruntime-web, WebAssembly or WebGPU) and the blending. This server only
+hands out files: the built page (web/dist/), the ONNX model given with
+--model, face_landmarker.task and the two face models converted to ONNX. It
+answers GET and HEAD only, so nothing can be uploaded to it, and its Content-Security-Policy
 lets the page talk to no other server.
 
 The page is built once with `cd web && npm ci && npm run build` (see
@@ -26,14 +28,16 @@ import urllib.parse
 from typing import Any
 
 from deocc_jax import errors
+from deocc_jax.faces import blazeface
 from deocc_jax.io import assets
 from deocc_jax.io import portable
+from deocc_jax.serving import web_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # deocc_jax/serving/
 WEB_DIR = os.path.join(REPO, "web")
 BUILD_COMMAND = "cd web && npm ci && npm run build"
 
-# URL paths of the two model files (the page reads them from config.json).
+# URL paths of the model files (the page reads them from config.json).
 MODEL_URL = "models/model.onnx"
 LANDMARKER_URL = "models/face_landmarker.task"
 
@@ -191,7 +195,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error(400, "bad path (not UTF-8, or control characters)")
         if rel == "config.json":
             return self._send_bytes(json.dumps(self.server.page_config).encode(), ".json", head)
-        files = {MODEL_URL: self.server.model_path, LANDMARKER_URL: self.server.landmarker_path}
+        files = {MODEL_URL: self.server.model_path, LANDMARKER_URL: self.server.landmarker_path,
+                 web_models.DETECTOR_URL: self.server.face_models.detector,
+                 web_models.LANDMARKS_URL: self.server.face_models.landmarks}
         target = files.get(rel) or os.path.join(self.server.dist, *rel.split("/"))
         try:
             # normpath removed "..", so a dist path stays inside dist; check anyway.
@@ -254,15 +260,17 @@ class PageServer(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
     def __init__(self, model_path: str, *, host: str = "127.0.0.1", port: int = 8000,
-                 landmarker_model: str | None = None, web_dir: str = WEB_DIR,
-                 verbose: bool = False):
-        """Checks the build and both models, then binds (it serves after `serve_forever`).
+                 landmarker_model: str | None = None, full_range_model: str | None = None,
+                 web_dir: str = WEB_DIR, verbose: bool = False):
+        """Checks the build and the models, then binds (it serves after `serve_forever`).
 
         Args:
           model_path: blind deocc ONNX model.
           host: listen address (loopback unless the user asked otherwise).
           port: TCP port, 0 for any free one.
           landmarker_model: explicit face_landmarker.task, else `assets.resolve_model`.
+          full_range_model: explicit face_detection_full_range.tflite, else
+            `assets.resolve_model`.
           web_dir: the web/ folder holding dist/.
           verbose: log every request to stderr.
 
@@ -275,12 +283,21 @@ class PageServer(http.server.ThreadingHTTPServer):
         try:
             self.landmarker_path = os.path.abspath(
                 assets.resolve_model("face_landmarker.task", landmarker_model))
+            detector_path = assets.resolve_model(blazeface.MODEL_NAME, full_range_model)
         except assets.AssetError as e:
             raise errors.InputNotFoundError(str(e)) from e
+        # Converted once per model (about a minute), then read from the cache.
+        self.face_models = web_models.face_models(self.landmarker_path, detector_path)
         self.verbose = verbose
         self.page_config = {
             "model": {"url": MODEL_URL, **info},
             "landmarker": LANDMARKER_URL,
+            "faces": {
+                "detector": {"url": web_models.DETECTOR_URL, **self.face_models.names["detector"]},
+                "landmarks": {"url": web_models.LANDMARKS_URL,
+                              **self.face_models.names["landmarks"]},
+                "settings": web_models.finder_settings(self.landmarker_path),
+            },
             "mediapipe_wasm": "vendor/mediapipe",
             "ort_wasm": "vendor/ort/",
         }

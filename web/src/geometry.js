@@ -98,9 +98,10 @@ export { invertAffine };
  * as the Python path does, so a small crop of a big frame is not aliased.
  *
  * @param {Uint8Array} rgb photo, 3 channels.
+ * @param {string} border "reflect101" (the default, as align.py) or "constant" (zero).
  * @returns {Uint8Array} resolution^2 x 3 crop.
  */
-export function warpToCrop(rgb, width, height, m, resolution) {
+export function warpToCrop(rgb, width, height, m, resolution, border = "reflect101") {
   const scale = matrixScale(m);
   let image = rgb, w = width, h = height, mat = m;
   if (scale < 0.5) {
@@ -113,7 +114,7 @@ export function warpToCrop(rgb, width, height, m, resolution) {
     mat = [m[0] * ix, m[1] * iy, m[2], m[3] * ix, m[4] * iy, m[5]];
     w = sw; h = sh;
   }
-  return warpAffine(image, w, h, 3, mat, resolution, resolution, { border: "reflect101" });
+  return warpAffine(image, w, h, 3, mat, resolution, resolution, { border });
 }
 
 /**

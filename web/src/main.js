@@ -1,5 +1,6 @@
-// The page: camera or dropped photo -> MediaPipe face landmarks -> deocc's
-// alignment, ONNX model and blending -> before | after, all in this tab.
+// The page: camera or dropped photo -> MediaPipe face landmarks plus the
+// full-range detector's faces (faces.js) -> deocc's alignment, ONNX model
+// and blending -> before | after, all in this tab.
 //
 // Every file it loads comes from the server that served it (deocc_jax.web);
 // frames are never sent anywhere (the server also forbids other origins with
@@ -9,6 +10,7 @@ import * as ort from "onnxruntime-web";
 import { FaceLandmarker, FilesetResolver } from "@mediapipe/tasks-vision";
 
 import * as blend from "./blend.js";
+import * as facesModule from "./faces.js";
 import * as geometry from "./geometry.js";
 import * as imgproc from "./imgproc.js";
 import { restoreFaces, rgbToRgba, rgbaToRgb } from "./pipeline.js";
@@ -27,10 +29,13 @@ const ui = {
 const state = {
   ready: false, error: null, config: null, backend: null, frames: 0, source: null,
   running: false,  // a camera loop is running (it ends after its current frame)
-  last: null,  // {width, height, faces: [[x,y]...][], matrices, blended, ms, source}
+  last: null,  // {width, height, faces: [[x,y]...][], search (faces.js), matrices, blended, ms, source}
   fps: 0,
 };
-window.deocc = { state, geometry, blend, imgproc, restoreFaces, stopCamera: () => stopCamera() };
+window.deocc = {
+  state, geometry, blend, imgproc, restoreFaces, faces: facesModule, finder: null,
+  stopCamera: () => stopCamera(),
+};
 
 function setStatus(text, isError = false) {
   ui.status.textContent = text;
@@ -97,7 +102,36 @@ async function createLandmarker(config) {
   });
 }
 
-let session = null, landmarker = null, runningMode = "IMAGE";
+/**
+ * The second stage of face finding (faces.js): the full-range detector and the
+ * landmark model on onnxruntime-web's WebAssembly backend (small models, many
+ * small runs: faster there than a GPU round trip).
+ */
+async function createFinder(config) {
+  ort.env.wasm.wasmPaths = new URL(config.ort_wasm, location.href).href;
+  const f = config.faces;
+  const open = (url) => ort.InferenceSession.create(url, {
+    executionProviders: ["wasm"], graphOptimizationLevel: "all",
+  });
+  const [det, lm] = await Promise.all([open(f.detector.url), open(f.landmarks.url)]);
+  const s = f.settings;
+  const detRun = async (input) => {
+    const out = await det.run({ [f.detector.input]: new ort.Tensor("float32", input,
+      [1, s.detector.input_size, s.detector.input_size, 3]) });
+    return { regressors: out[f.detector.regressors].data, logits: out[f.detector.scores].data };
+  };
+  const lmRun = async (input) => {
+    const out = await lm.run({ [f.landmarks.input]: new ort.Tensor("float32", input,
+      [1, s.mesh.input_size, s.mesh.input_size, 3]) });
+    return { landmarks: out[f.landmarks.landmarks].data, presence: out[f.landmarks.presence].data[0] };
+  };
+  // As detect.FaceAnalyzer in image mode: detections from CONFIRM_SCORE, tiles down to min_face_px.
+  const detector = new facesModule.FullRangeDetector(detRun, s.detector,
+    { minScore: s.cascade.confirm_score, minFacePx: s.cascade.min_face_px });
+  return new facesModule.FaceFinder(detector, new facesModule.FaceMesh(lmRun, s.mesh), s);
+}
+
+let session = null, landmarker = null, finder = null, runningMode = "IMAGE";
 
 async function setRunningMode(mode) {
   if (mode !== runningMode) {
@@ -138,15 +172,20 @@ async function processFrame(source, width, height, timestampMs) {
   const t0 = performance.now();
   const result = timestampMs === undefined ? landmarker.detect(frame)
     : landmarker.detectForVideo(frame, timestampMs);
-  const detectMs = performance.now() - t0;
-  const faces = result.faceLandmarks.map((lms) => geometry.pixelLandmarks(lms, width, height));
+  let faces = result.faceLandmarks.map((lms) => geometry.pixelLandmarks(lms, width, height));
   const rgb = rgbaToRgb(frame.data, width, height);
+  // The Python pipeline's second stage (faces.js): photos searched in full, camera
+  // frames with the detector every few frames and its faces tracked in between.
+  const search = timestampMs === undefined ? await finder.find(rgb, width, height, faces, MAX_FACES)
+    : await finder.findVideo(rgb, width, height, faces, MAX_FACES);
+  faces = search.faces.map((f) => f.landmarks);
+  const detectMs = performance.now() - t0;
   const restored = await restoreFaces(rgb, width, height, faces, state.config.model.resolution,
     runModel);
   afterCtx.putImageData(new ImageData(rgbToRgba(restored.rgb, width, height), width, height), 0, 0);
   const ms = { detect: detectMs, ...restored.ms, total: performance.now() - t0 };
   state.frames += 1;
-  state.last = { width, height, faces, matrices: restored.matrices, padding: restored.padding,
+  state.last = { width, height, faces, search, matrices: restored.matrices, padding: restored.padding,
     blended: restored.blended, ms, source: state.source, frame: state.frames };
   return state.last;
 }
@@ -174,7 +213,7 @@ async function processPhoto(file) {
     bitmap.close();
     ui.fps.textContent = "";
     setStatus(last.faces.length ? `${file.name}: ${describe(last)}`
-      : `${file.name}: no face found (shown unchanged)`);
+      : `${file.name}: no face found (${last.search.reason}; shown unchanged)`);
   } catch (e) {
     fail(`${file.name}: ${e.message || e}`);
   }
@@ -233,6 +272,7 @@ async function startCamera() {
     return;
   }
   await setRunningMode("VIDEO");
+  finder.resetVideo();
   ui.video.srcObject = stream;
   await ui.video.play();
   ui.camera.textContent = "Stop camera";
@@ -288,13 +328,17 @@ async function main() {
   try {
     setStatus("loading the model and the face landmarker…");
     state.config = await loadConfig();
-    const [s, lm] = await Promise.all([createSession(state.config), createLandmarker(state.config)]);
+    const [s, lm, fd] = await Promise.all([createSession(state.config),
+      createLandmarker(state.config), createFinder(state.config)]);
     session = s.session;
     landmarker = lm;
+    finder = fd;
+    window.deocc.finder = fd;
     state.backend = s.backend;
     const m = state.config.model;
     ui.info.textContent = `model ${m.name} (${m.resolution} px) on onnxruntime-web ${ort.env.versions.web} `
-      + `${s.backend}${s.skipped ? ` (not ${s.skipped})` : ""}; face landmarks: MediaPipe (CPU)`;
+      + `${s.backend}${s.skipped ? ` (not ${s.skipped})` : ""}; face landmarks: MediaPipe (CPU) and `
+      + "the full-range face detector (onnxruntime-web wasm)";
     state.ready = true;
     ui.camera.disabled = false;
     ui.file.disabled = false;
