@@ -3,16 +3,18 @@ r"""Load test of the HTTP service (`deocc_jax.serve`) on 127.0.0.1, with and wit
   python -m benchmarks.serve                       # -> benchmarks/results/serve.json
   python -m benchmarks.serve --concurrency=1,4 --requests=60 --max_seconds=30 --output=/tmp/s.json
 
-For each server setting (batched: --max_batch=8 --max_wait_ms; unbatched: --max_batch=1) a
-server is started on a free loopback port with the shipped model and warmed up; then for each
-number of concurrent clients (1, 4, 16), each client sends real 640x480 one-face photos
+A server per setting (batched: --max_batch=8 --max_wait_ms; unbatched: --max_batch=1) is
+started on a free loopback port with the shipped model and warmed up; then for each number of
+concurrent clients (1, 4, 16), in --rounds parts that alternate the settings' order (so the
+machine's other load weighs on both alike), each client sends real 640x480 one-face photos
 (photos of ../shared/data/faces scaled and cropped in memory, JPEG, kept only if MediaPipe finds
 exactly one face) back to back over a keep-alive connection, until --requests photos are done
 or --max_seconds pass. Reported per setting and concurrency: photos/s, latency p50/p95/p99,
 errors (any status but 200 or a response without exactly one face), and from the server's
 /metrics the mean crops and requests per model call. "stage_cpu_ms" is what each stage of the
 pipeline costs in CPU time (all threads of this process, median over the photos, one at a time):
-it says which stage bounds the throughput (2000 / total = photos/s on 2 dedicated cores at best).
+it says which stage bounds the throughput (2000 / total = photos/s on 2 dedicated cores at best);
+"response_png" the time and size of the response PNG as served (stored) and compressed.
 
 The clients run in this process, on the same cores as the server, and the development machine's
 2 cores are shared with other jobs: the JSON records the machine and the load average before and
@@ -21,6 +23,7 @@ after each level, so compare figures taken at similar load.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -44,7 +47,7 @@ from deocc_jax.faces import FaceAnalyzer
 from deocc_jax.restoration import frames
 
 DEFAULT_OUTPUT = os.path.join(common.REPO, "benchmarks", "results", "serve.json")
-SETTINGS = {"batched": ["--max_batch=8", "--max_wait_ms=2"], "unbatched": ["--max_batch=1"]}
+SETTINGS = {"batched": ["--max_batch=8", "--max_wait_ms=100"], "unbatched": ["--max_batch=1"]}
 WIDTH, HEIGHT = 640, 480
 
 
@@ -68,10 +71,16 @@ def make_photos(photos_dir: str, count: int) -> list[bytes]:
     raise RuntimeError(f"only {len(out)} one-face photos in {photos_dir}; wanted {count}")
 
 
-def stage_cpu_ms(photos: list[bytes], repeats: int = 3) -> dict[str, float]:
-    """Median CPU milliseconds (process-wide) of each stage of the served pipeline, per photo."""
+def stage_cpu_ms(photos: list[bytes], repeats: int = 3) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median CPU milliseconds (process-wide) of each stage of the served pipeline, per photo.
+
+    Returns:
+      (stage -> ms, with "total"; the response PNG stored as served and compressed as with
+      --compress_png: median ms and KiB of each).
+    """
     model = predictors.open_predictor(None)
     times: dict[str, list[float]] = {}
+    sizes: dict[str, list[int]] = {"stored": [], "compressed": []}
 
     def timed(stage, fn, *args):
         start = time.process_time()
@@ -87,10 +96,18 @@ def stage_cpu_ms(photos: list[bytes], repeats: int = 3) -> dict[str, float]:
                               model.resolution)
                 out = timed("model", frames.run_model, model, crops)
                 restored, _ = timed("blend", frames.blend_faces, image, crops, out)
-                timed("encode_png", infer_lib.encode_image, restored, alpha, ".png")
+                sizes["stored"].append(len(timed("encode_png", functools.partial(
+                    infer_lib.encode_image, compress=False), restored, alpha, ".png")))
+                sizes["compressed"].append(len(timed("encode_png_compressed",
+                                                     infer_lib.encode_image, restored, alpha, ".png")))
     result = {k: round(statistics.median(v[len(photos):]), 1) for k, v in times.items()}
+    compressed_ms = result.pop("encode_png_compressed")
     result["total"] = round(sum(result.values()), 1)
-    return result
+    png = {"stored": {"ms": result["encode_png"],
+                      "kib": round(statistics.median(sizes["stored"]) / 1024)},
+           "compressed (--compress_png, infer's bytes)": {
+               "ms": compressed_ms, "kib": round(statistics.median(sizes["compressed"]) / 1024)}}
+    return result, png
 
 
 class ServerProcess:
@@ -145,9 +162,13 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
 
 
-def load_level(port: int, photos: list[bytes], clients: int, requests: int,
-               max_seconds: float) -> dict[str, Any]:
-    """`clients` keep-alive clients sending photos until `requests` are done or time is up."""
+def run_clients(port: int, photos: list[bytes], clients: int, requests: int,
+                max_seconds: float) -> dict[str, Any]:
+    """`clients` keep-alive clients sending photos until `requests` are done or time is up.
+
+    Returns:
+      the raw outcome: latencies (s), errors, wall seconds, load average before and after.
+    """
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
@@ -189,58 +210,87 @@ def load_level(port: int, photos: list[bytes], clients: int, requests: int,
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    ms = [1000 * x for x in latencies]
+    return {"latencies": latencies, "errors": errors, "wall": time.perf_counter() - start,
+            "load": (round(load_before, 2), round(os.getloadavg()[0], 2))}
+
+
+def summarize(clients: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's figures from the `run_clients` parts it was run in."""
+    ms = [1000 * x for p in parts for x in p["latencies"]]
+    errors = [e for p in parts for e in p["errors"]]
+    wall = sum(p["wall"] for p in parts)
     return {
-        "clients": clients, "requests": len(latencies) + len(errors), "ok": len(latencies),
+        "clients": clients, "requests": len(ms) + len(errors), "ok": len(ms),
         "errors": len(errors), "error_examples": sorted(set(errors))[:5],
-        "seconds": round(wall, 2), "photos_per_s": round(len(latencies) / wall, 2),
+        "seconds": round(wall, 2), "photos_per_s": round(len(ms) / wall, 2),
         "latency_ms": {"p50": round(_percentile(ms, 50), 1), "p95": round(_percentile(ms, 95), 1),
                        "p99": round(_percentile(ms, 99), 1),
                        "mean": round(statistics.fmean(ms), 1)} if ms else None,
-        "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "load_avg_1min": [{"before": p["load"][0], "after": p["load"][1]} for p in parts],
     }
+
+
+def load_level(port: int, photos: list[bytes], clients: int, requests: int,
+               max_seconds: float) -> dict[str, Any]:
+    """`run_clients`, summarized."""
+    return summarize(clients, [run_clients(port, photos, clients, requests, max_seconds)])
 
 
 def run_benchmark(*, concurrency: Sequence[int] = (1, 4, 16), requests: int = 200,
                   max_seconds: float = 60.0, photos_dir: str = common.DEFAULT_PHOTOS,
                   num_photos: int = 16, workers: int = 4, settings: Sequence[str] = ("batched", "unbatched"),
-                  log=print) -> dict[str, Any]:
-    """Runs every setting at every concurrency; returns the record written as JSON."""
+                  rounds: int = 2, log=print) -> dict[str, Any]:
+    """Runs every setting at every concurrency; returns the record written as JSON.
+
+    Every setting's server runs at once (idle while another is measured), and
+    each level is split into `rounds` parts run in alternating order (A B, B A,
+    ...): the machine's other load then weighs on every setting alike.
+    """
     photos = make_photos(photos_dir, num_photos)
+    stages, png = stage_cpu_ms(photos[:8])
     record: dict[str, Any] = {
         "what": f"POST /v1/deocclude, {WIDTH}x{HEIGHT} JPEG photos with one face each "
                 f"({num_photos} distinct, from {photos_dir}), clients on the same machine",
-        "bounds": {"requests_per_level": requests, "max_seconds_per_level": max_seconds},
+        "bounds": {"requests_per_level": requests, "max_seconds_per_level": max_seconds,
+                   "rounds": rounds},
         "machine": common.machine_info(), "code": common.code_state(),
-        "stage_cpu_ms": stage_cpu_ms(photos[:8]), "settings": {}}
-    log(f"CPU per photo and stage (ms): {record['stage_cpu_ms']}")
-    for name in settings:
-        server_flags = [*SETTINGS[name], f"--workers={workers}"]
-        server = ServerProcess(server_flags)
-        levels = []
-        try:
-            load_level(server.port, photos, 2, 2 * len(photos), max_seconds)  # warm every path
-            for clients in concurrency:
-                before = server.batch_totals()
-                level = load_level(server.port, photos, clients, requests, max_seconds)
-                after = server.batch_totals()
-                calls = after.get("deocc_batch_size_count", 0) - before.get("deocc_batch_size_count", 0)
-                if calls:
-                    level["model_calls"] = int(calls)
-                    level["crops_per_call"] = round(
-                        (after["deocc_batch_size_sum"] - before["deocc_batch_size_sum"]) / calls, 2)
-                    level["requests_per_call"] = round(
-                        (after["deocc_batch_requests_sum"] - before["deocc_batch_requests_sum"]) / calls, 2)
-                log(f"{name} ({' '.join(server_flags)}), {clients} client(s): "
+        "stage_cpu_ms": stages, "response_png": png, "settings": {}}
+    log(f"CPU per photo and stage (ms): {record['stage_cpu_ms']}; PNG: {record['response_png']}")
+    server_flags = {name: [*SETTINGS[name], f"--workers={workers}"] for name in settings}
+    servers: dict[str, ServerProcess] = {}
+    levels: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
+    try:
+        for name in settings:
+            servers[name] = ServerProcess(server_flags[name])
+            load_level(servers[name].port, photos, 2, 2 * len(photos), max_seconds)  # warm every path
+        for clients in concurrency:
+            parts: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
+            calls = {name: {} for name in settings}
+            for r in range(rounds):
+                for name in (settings if r % 2 == 0 else list(reversed(settings))):
+                    before = servers[name].batch_totals()
+                    parts[name].append(run_clients(servers[name].port, photos, clients,
+                                                   -(-requests // rounds), max_seconds / rounds))
+                    after = servers[name].batch_totals()
+                    for key in after:
+                        calls[name][key] = calls[name].get(key, 0) + after[key] - before.get(key, 0)
+            for name in settings:
+                level = summarize(clients, parts[name])
+                n = calls[name].get("deocc_batch_size_count", 0)
+                if n:
+                    level["model_calls"] = int(n)
+                    level["crops_per_call"] = round(calls[name]["deocc_batch_size_sum"] / n, 2)
+                    level["requests_per_call"] = round(calls[name]["deocc_batch_requests_sum"] / n, 2)
+                log(f"{name} ({' '.join(server_flags[name])}), {clients} client(s): "
                     f"{level['photos_per_s']} photos/s, p50/p95/p99 "
                     f"{level['latency_ms'] and list(level['latency_ms'].values())[:3]} ms, "
                     f"{level['errors']} errors, {level.get('crops_per_call')} crops per model call")
-                levels.append(level)
-        finally:
-            exit_status = server.stop()
-        record["settings"][name] = {"server_flags": server_flags, "levels": levels,
-                                    "exit_status_after_sigterm": exit_status}
+                levels[name].append(level)
+    finally:
+        exit_status = {name: server.stop() for name, server in servers.items()}
+    for name in settings:
+        record["settings"][name] = {"server_flags": server_flags[name], "levels": levels[name],
+                                    "exit_status_after_sigterm": exit_status.get(name)}
     return record
 
 
@@ -251,6 +301,8 @@ _PHOTOS = flags.DEFINE_string("photos", common.DEFAULT_PHOTOS, "Face photos to m
 _NUM_PHOTOS = flags.DEFINE_integer("num_photos", 16, "Distinct photos sent.")
 _WORKERS = flags.DEFINE_integer("workers", 4, "The server's --workers.")
 _SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), f"Server settings: {list(SETTINGS)}.")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Parts each level is split into, run in alternating "
+                               "order of the settings.", lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", DEFAULT_OUTPUT, "Where the JSON goes.")
 
 
@@ -259,7 +311,7 @@ def main(argv):
     record = run_benchmark(concurrency=[int(c) for c in _CONCURRENCY.value], requests=_REQUESTS.value,
                            max_seconds=_MAX_SECONDS.value, photos_dir=_PHOTOS.value,
                            num_photos=_NUM_PHOTOS.value, workers=_WORKERS.value,
-                           settings=_SETTINGS.value)
+                           settings=_SETTINGS.value, rounds=_ROUNDS.value)
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     with open(_OUTPUT.value, "w") as f:
         json.dump(record, f, indent=2)

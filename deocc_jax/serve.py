@@ -30,8 +30,9 @@ _MODEL = flags.DEFINE_string("model", None, "Workdir, pretrained folder, export 
                              ".tflite (default: the shipped model in pretrained/).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", f"For workdirs: {loading.CHECKPOINT_CHOICES}.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", _D.max_batch, "Most face crops per model call.")
-_MAX_WAIT = flags.DEFINE_float("max_wait_ms", _D.max_wait_ms, "How long the first crop waits for "
-                               "crops of other requests before the model runs.")
+_MAX_WAIT = flags.DEFINE_float("max_wait_ms", _D.max_wait_ms, "How long the first crop may wait "
+                               "for crops of requests still finding faces before the model runs "
+                               "(never when there are none).")
 _MAX_BODY = flags.DEFINE_float("max_body_mb", _D.max_body_mb, "Largest request body (MiB); "
                                "more: 413.")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", _D.max_pixels, "Largest photo (pixels, from its "
@@ -48,6 +49,9 @@ _MIN_FACE = flags.DEFINE_float("min_face_px", _D.min_face_px, "Smallest face res
                                "longer side, pixels), as infer's flag.")
 _LANDMARKER = flags.DEFINE_string("landmarker_model", None, "Path of face_landmarker.task "
                                   "(default: $DEOCC_ASSETS_DIR, then the cache).")
+_COMPRESS_PNG = flags.DEFINE_bool("compress_png", _D.compress_png, "Compress the response PNG as "
+                                   "infer writes it (about 2.3x smaller, ~15 ms more CPU for "
+                                   "640x480); default: stored, the same pixels.")
 _ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log one line per request.")
 
 
@@ -58,7 +62,8 @@ def main(argv):
         max_batch=_MAX_BATCH.value, max_wait_ms=_MAX_WAIT.value, max_body_mb=_MAX_BODY.value,
         max_pixels=_MAX_PIXELS.value, max_queue=_MAX_QUEUE.value, timeout_s=_TIMEOUT.value,
         workers=_WORKERS.value, max_faces=_MAX_FACES.value, min_confidence=_MIN_CONF.value,
-        min_face_px=_MIN_FACE.value, landmarker_model=_LANDMARKER.value)
+        min_face_px=_MIN_FACE.value, landmarker_model=_LANDMARKER.value,
+        compress_png=_COMPRESS_PNG.value)
     server.serve(_MODEL.value, config, host=_HOST.value, port=_PORT.value,
                  checkpoint=loading.parse_checkpoint(_CHECKPOINT.value),
                  access_log=_ACCESS_LOG.value, log=functools.partial(print, flush=True))

@@ -57,7 +57,8 @@ def test_batcher_groups_concurrent_items_and_splits_results_back():
     try:
         a = np.full((1, 2, 2, 3), 1, np.uint8)
         b = np.full((2, 2, 2, 3), 5, np.uint8)
-        fa, fb = batcher.submit(a, "a"), batcher.submit(b, "b")
+        ea, eb = batcher.expect(), batcher.expect()  # two requests on their way
+        fa, fb = ea.submit(a, "a"), eb.submit(b, "b")
         ra, rb = fa[0].result(5), fb[0].result(5)
         assert calls == [3]  # one call for both requests
         np.testing.assert_array_equal(ra["deoccluded"], a + 1)
@@ -74,12 +75,38 @@ def test_batcher_failure_of_one_item_does_not_fail_the_others():
     calls = []
     batcher = MicroBatcher(_fake_model(calls), max_batch=8, max_wait_s=0.5)
     try:
-        good = batcher.submit(np.full((1, 2, 2, 3), 1, np.uint8), "good")[0]
-        bad = batcher.submit(np.full((1, 2, 2, 3), 13, np.uint8), "bad")[0]
+        eg, eb = batcher.expect(), batcher.expect()
+        good = eg.submit(np.full((1, 2, 2, 3), 1, np.uint8), "good")[0]
+        bad = eb.submit(np.full((1, 2, 2, 3), 13, np.uint8), "bad")[0]
         assert good.result(5)["deoccluded"][0, 0, 0, 0] == 2
         with pytest.raises(ValueError, match="poisoned"):
             bad.result(5)
         assert calls[0] == 2  # they were batched, then run alone
+    finally:
+        batcher.close()
+
+
+def test_batcher_waits_only_for_requests_on_their_way():
+    calls = []
+    batcher = MicroBatcher(_fake_model(calls), max_batch=8, max_wait_s=30.0)
+    try:
+        crop = np.zeros((1, 2, 2, 3), np.uint8)
+        # Nothing announced: the call runs at once, not after max_wait_s.
+        batcher.submit(crop, "alone")[0].result(5)
+        # One request announced: the queued crop waits for it and they share a call...
+        coming = batcher.expect()
+        first = batcher.expect().submit(crop, "first")[0]
+        time.sleep(0.3)
+        assert not first.done()
+        coming.submit(crop, "second")[0].result(5)
+        assert first.done() and calls == [1, 2]
+        # ... and one that ends without crops (no face, a bad photo) stops the wait.
+        with batcher.expect():
+            waiting = batcher.expect().submit(crop, "third")[0]
+            time.sleep(0.3)
+            assert not waiting.done()
+        waiting.result(5)
+        assert calls == [1, 2, 1]
     finally:
         batcher.close()
 
@@ -254,7 +281,24 @@ def test_a_photo_alone_comes_back_as_infer_writes_it(server, faces_dir, tmp_path
     infer_lib.process_photos(predictors.open_predictor(None), str(faces_dir / "104.jpg"),
                              str(tmp_path), quiet=True, log=lambda s: None)
     status, headers, body = server.post((faces_dir / "104.jpg").read_bytes())
-    assert status == 200 and body == (tmp_path / "104.png").read_bytes()
+    assert status == 200
+    # infer's pixels, stored without compression (--compress_png would send infer's very bytes).
+    written = np.asarray(Image.open(tmp_path / "104.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), written)
+    assert body == infer_lib.encode_image(written, compress=False)
+
+
+def test_stored_png_is_lossless_and_uncompressed(faces_dir):
+    rgb, _ = infer_lib.read_photo(str(faces_dir / "104.jpg"))
+    alpha = np.arange(rgb.shape[0] * rgb.shape[1], dtype=np.uint32).reshape(rgb.shape[:2]) % 256
+    for image, a, channels in ((rgb, None, 3), (rgb, alpha.astype(np.uint8), 4)):
+        stored = infer_lib.encode_image(image, a, ".png", compress=False)
+        compressed = infer_lib.encode_image(image, a, ".png")
+        assert len(stored) > image.shape[0] * image.shape[1] * channels > len(compressed)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored))),
+                                      np.asarray(Image.open(io.BytesIO(compressed))))
+    # Other formats ignore it.
+    assert infer_lib.encode_image(rgb, None, ".jpg", compress=False) == infer_lib.encode_image(rgb, None, ".jpg")
 
 
 def test_mask_true_returns_multipart_image_and_mask(server, photo):

@@ -1,9 +1,16 @@
 """A micro-batcher: face crops from concurrent requests share one model call.
 
 Request threads `submit` their crops and block on a future; one model thread
-takes what is queued, waits at most `max_wait_s` after the oldest item for
-more, and runs the model once on up to `max_batch` crops. Model calls are
-therefore serial (one thread owns the model) and never run on the event loop.
+takes what is queued, waits for more, and runs the model once on up to
+`max_batch` crops. Model calls are therefore serial (one thread owns the model)
+and never run on the event loop.
+
+The wait is for requests known to be coming: a request announces itself when
+it starts (`expect`, long before its crops exist: decoding and face finding
+come first) and the oldest queued item waits, at most `max_wait_s`, only
+while such announced requests have not yet submitted. With nothing announced
+the call runs at once, so a lone request never waits; under load, crops of
+requests still finding faces join the call instead of each running alone.
 
 One request's failure stays its own: if a batched call raises, every item of
 the batch is run again alone, so only the item that fails gets the error.
@@ -35,6 +42,31 @@ class BatchStats:
     seconds: float
 
 
+class Expected:
+    """A request that may submit crops: the batcher waits for it (`MicroBatcher.expect`).
+
+    Its first `submit` or `close` ends the expectation; use it as a context
+    manager so that a request that fails or finds no face stops being waited for.
+    """
+
+    def __init__(self, batcher: "MicroBatcher"):
+        self._batcher = batcher
+        self.open = True
+
+    def submit(self, crops: np.ndarray, owner: object = None) -> list[concurrent.futures.Future]:
+        """`MicroBatcher.submit`, ending the expectation in the same step."""
+        return self._batcher.submit(crops, owner, expected=self)
+
+    def close(self) -> None:
+        self._batcher._settle(self)
+
+    def __enter__(self) -> "Expected":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclasses.dataclass
 class _Item:
     crops: np.ndarray
@@ -50,8 +82,9 @@ class MicroBatcher:
       model: the batch function (called only from the batcher's own thread).
       max_batch: the most crops per model call. A request with more faces is
         split into several items by `submit`.
-      max_wait_s: how long the oldest queued item waits for others before the
-        call runs with what there is (0: only what is already queued).
+      max_wait_s: how long the oldest queued item may wait for expected
+        requests (`expect`) before the call runs with what there is (0: only
+        what is already queued). It never waits when none is expected.
       on_batch: called after every model call with its `BatchStats`.
       on_queue: called with the number of crops waiting whenever it changes.
     """
@@ -68,21 +101,49 @@ class MicroBatcher:
         self._on_queue = on_queue
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_crops = 0
+        self._expected = 0  # announced requests that have not submitted or closed yet
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="deocc-model", daemon=True)
         self._thread.start()
 
-    def submit(self, crops: np.ndarray, owner: object = None) -> list[concurrent.futures.Future]:
+    def expect(self) -> Expected:
+        """Announces a request that may submit crops soon; queued items wait for it.
+
+        Returns:
+          an `Expected`: submit through it, or close it (or leave its `with`
+          block) if the request will not submit.
+        """
+        with self._cv:
+            self._expected += 1
+        return Expected(self)
+
+    def _settle(self, expected: Expected) -> None:
+        """Ends `expected` (idempotent; the lock is held or taken) and wakes the model thread."""
+        with self._cv:
+            if expected.open:
+                expected.open = False
+                self._expected -= 1
+                self._cv.notify()
+
+    def submit(self, crops: np.ndarray, owner: object = None,
+               expected: Expected | None = None) -> list[concurrent.futures.Future]:
         """Queues one request's crops; one future per chunk of at most `max_batch` crops.
 
         Each future's result is the model's output dict for its chunk, in order.
+
+        Args:
+          crops: uint8 [N, R, R, 3].
+          owner: identifies the request (batch statistics).
+          expected: the request's `expect()`, ended here (prefer `Expected.submit`).
 
         Raises:
           RuntimeError: the batcher is closed.
         """
         futures = []
         with self._cv:
+            if expected is not None:
+                self._settle(expected)
             if self._closed:
                 raise RuntimeError("the model batcher is closed")
             now = time.monotonic()
@@ -111,7 +172,7 @@ class MicroBatcher:
                     return None
                 self._cv.wait()
             deadline = self._queue[0].enqueued + self.max_wait_s
-            while self._queued_crops < self.max_batch and not self._closed:
+            while self._queued_crops < self.max_batch and self._expected > 0 and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

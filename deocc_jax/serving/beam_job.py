@@ -106,7 +106,7 @@ def plan(input_spec: str, output: str, *, overwrite: bool = False,
     if not inputs:
         raise errors.InputNotFoundError(f"--input: no images ({', '.join(infer_lib.IMAGE_EXTENSIONS)}) "
                                         f"found at {input_spec!r}")
-    outputs = infer_lib._photo_outputs(inputs, output)  # noqa: SLF001 - infer's names, not a copy
+    outputs = infer_lib.photo_outputs(inputs, output)  # infer's names, not a copy
     return [(p, outputs[p]) for p in inputs]
 
 
@@ -171,7 +171,7 @@ class RestoreFn(beam.DoFn):
         search = self.analyzer.find(image)
         faces = search.faces
         if not faces:
-            copy = infer_lib._unchanged_copy_path(path, out)  # noqa: SLF001 - infer's name for it
+            copy = infer_lib.unchanged_copy_path(path, out)
             _write(copy, data)
             return self._row("no_face", path, copy, 0, no_face_reason=search.reason,
                              faces_too_small=len(search.too_small)), None

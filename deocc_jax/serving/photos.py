@@ -3,11 +3,12 @@
     decode (infer_lib.decode_photo: the prep decoder, pixel limit, alpha kept)
     -> faces (MediaPipe, one FaceAnalyzer per worker thread)
     -> frames.restore_frame: align, model (through the MicroBatcher), blend
-    -> PNG (infer_lib.encode_image: the bytes `infer` writes)
+    -> PNG (infer_lib.encode_image: stored, or with --compress_png the bytes `infer` writes)
 
-A photo alone in its model call comes out byte for byte as `python -m
-deocc_jax.infer` writes it; when crops of several photos share a call, XLA's
-batched convolutions may round a pixel differently (at most one grey level).
+A photo alone in its model call comes out with the pixels `python -m
+deocc_jax.infer` writes (with --compress_png, byte for byte its file); when
+crops of several photos share a call, XLA's batched convolutions may round a
+pixel differently (at most one grey level).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from deocc_jax.restoration import infer_lib
 from deocc_jax.faces import FaceAnalyzer
 from deocc_jax.artifacts.predictors import Predictor
 from deocc_jax.restoration import frames
-from deocc_jax.serving.batcher import MicroBatcher
+from deocc_jax.serving.batcher import Expected, MicroBatcher
 from deocc_jax.serving.config import ServeConfig
 
 
@@ -42,18 +43,18 @@ class PhotoResult:
 class _BatchedModel:
     """A Predictor whose calls go through the MicroBatcher (what `frames.run_model` calls)."""
 
-    def __init__(self, model: Predictor, batcher: MicroBatcher, owner: object,
+    def __init__(self, model: Predictor, expected: Expected, owner: object,
                  cancelled: threading.Event, timeout_s: float):
         self.resolution = model.resolution
         self.guided = False
         self.description = model.description
-        self._batcher, self._owner = batcher, owner
+        self._expected, self._owner = expected, owner
         self._cancelled, self._timeout_s = cancelled, timeout_s
 
     def __call__(self, images_: np.ndarray, masks=None) -> dict[str, np.ndarray]:
         if self._cancelled.is_set():
             raise Cancelled()
-        futures = self._batcher.submit(images_, self._owner)
+        futures = self._expected.submit(images_, self._owner)
         try:
             parts = [f.result(self._timeout_s) for f in futures]
         finally:
@@ -124,20 +125,26 @@ class PhotoService:
           Cancelled: `cancelled` was set.
         """
         cancelled = cancelled or threading.Event()
-        image, alpha = infer_lib.decode_photo(data, self.config.max_pixels, name="request body")
+        compress = self.config.compress_png
+        # Announced before decoding: crops already queued wait for this request's
+        # (at most max_wait_ms) instead of each running alone.
+        with self.batcher.expect() as expected:
+            image, alpha = infer_lib.decode_photo(data, self.config.max_pixels, name="request body")
+            if cancelled.is_set():
+                raise Cancelled()
+            faces = self._analyzer().detect(image)
+            if not faces:
+                # As infer does: a photo without a face goes back untouched, bytes and all.
+                mask = infer_lib.encode_image(np.zeros(image.shape[:2], np.uint8),
+                                              compress=compress) if want_mask else None
+                return PhotoResult(0, data, content_type, mask)
+            model = _BatchedModel(self.model, expected, owner, cancelled, self.config.timeout_s)
+            result = frames.restore_frame(image, [f.landmarks for f in faces], model)
         if cancelled.is_set():
             raise Cancelled()
-        faces = self._analyzer().detect(image)
-        if not faces:
-            # As infer does: a photo without a face goes back untouched, bytes and all.
-            mask = infer_lib.encode_image(np.zeros(image.shape[:2], np.uint8)) if want_mask else None
-            return PhotoResult(0, data, content_type, mask)
-        model = _BatchedModel(self.model, self.batcher, owner, cancelled, self.config.timeout_s)
-        result = frames.restore_frame(image, [f.landmarks for f in faces], model)
-        if cancelled.is_set():
-            raise Cancelled()
-        png = infer_lib.encode_image(result.image, alpha, ".png")
-        mask = infer_lib.encode_image(result.mask_image(), None, ".png") if want_mask else None
+        png = infer_lib.encode_image(result.image, alpha, ".png", compress=compress)
+        mask = infer_lib.encode_image(result.mask_image(), None, ".png",
+                                      compress=compress) if want_mask else None
         return PhotoResult(len(faces), png, "image/png", mask)
 
     def close(self) -> None:

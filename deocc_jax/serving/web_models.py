@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import os
 import tempfile
 
@@ -58,7 +59,6 @@ def cache_dir() -> str:
 
 
 def _converter_version() -> str:
-    import importlib.metadata
     try:
         return importlib.metadata.version("tf2onnx")
     except importlib.metadata.PackageNotFoundError as e:
@@ -119,7 +119,7 @@ def _io_names(path: str, source: str, outputs: dict[str, tuple[int, ...]]) -> di
     Raises:
       errors.InvalidInputError: the graph lacks one of the outputs.
     """
-    import onnx
+    import onnx  # only when a conversion is checked: the page's server needs it nowhere else
 
     graph = onnx.load(path, load_external_data=False).graph
     shapes = {o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim[1:])
