@@ -314,3 +314,16 @@ def test_our_landmark_crop_reproduces_the_landmarker(landmarker_alone, detector,
     assert got.presence > 0.9
     err = np.linalg.norm(got.landmarks - face.landmarks, axis=1)
     assert err.mean() < 0.02 * face.width and err.max() < 0.05 * face.width
+
+
+def test_one_face_returned_twice_by_the_landmarker_is_kept_once():
+    lm = np.zeros((478, 2), np.float32)
+    lm[:, 0] = np.linspace(100, 200, 478)
+    lm[:, 1] = np.linspace(50, 160, 478)
+    faces = [detect.Face(landmarks=lm + d, bbox=np.array([100 + d, 50 + d, 200 + d, 160 + d],
+                                                         np.float32), blendshapes=None)
+             for d in (0.0, 4.0)]
+    other = detect.Face(landmarks=lm + 300, bbox=np.array([400, 350, 500, 460], np.float32),
+                        blendshapes=None)
+    kept = detect.distinct_faces(faces + [other])
+    assert [k.bbox[0] for k in kept] == [100, 400]

@@ -177,7 +177,22 @@ def faces_from_result(result, width: int, height: int) -> list[Face]:
         bbox = np.concatenate([pts.min(0), pts.max(0)]).astype(np.float32)
         bs = _blendshape_scores(shapes[i]) if i < len(shapes) else None
         faces.append(Face(landmarks=pts, bbox=bbox, blendshapes=bs))
-    return faces
+    return distinct_faces(faces)
+
+
+def distinct_faces(faces: list[Face]) -> list[Face]:
+    """`faces` less any that overlaps an earlier one by more than `cascade.SAME_FACE_IOU`.
+
+    With several faces allowed and a low presence threshold, MediaPipe's landmarker can
+    return one masked face twice (slightly shifted meshes); restored twice, it was pasted
+    twice.
+    """
+    kept: list[Face] = []
+    for f in faces:
+        if not any(blazeface.box_iou(f.bbox, k.bbox[None])[0] > cascade.SAME_FACE_IOU
+                   for k in kept):
+            kept.append(f)
+    return kept
 
 
 class FaceAnalyzer:

@@ -289,6 +289,17 @@ export function landmarkBox(pts) {
   return b;
 }
 
+/** detect.distinct_faces: landmark sets less any overlapping an earlier one (the landmarker
+ * can return one masked face twice). */
+export function distinctFaces(faces, sameFaceIou) {
+  const kept = [];
+  for (const f of faces) {
+    const box = landmarkBox(f);
+    if (!kept.some((k) => boxIou(box, landmarkBox(k)) > sameFaceIou)) kept.push(f);
+  }
+  return kept;
+}
+
 /** mesh.roi_from_landmarks: the region MediaPipe tracks a face with. */
 export function roiFromLandmarks(pts, s, scale = s.roi_scale) {
   return roiFromPoints(landmarkBox(pts), pts[s.right_eye_outer], pts[s.left_eye_outer], scale);

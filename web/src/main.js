@@ -172,7 +172,9 @@ async function processFrame(source, width, height, timestampMs) {
   const t0 = performance.now();
   const result = timestampMs === undefined ? landmarker.detect(frame)
     : landmarker.detectForVideo(frame, timestampMs);
-  let faces = result.faceLandmarks.map((lms) => geometry.pixelLandmarks(lms, width, height));
+  let faces = facesModule.distinctFaces(
+    result.faceLandmarks.map((lms) => geometry.pixelLandmarks(lms, width, height)),
+    state.config.faces.settings.cascade.same_face_iou);
   const rgb = rgbaToRgb(frame.data, width, height);
   // The Python pipeline's second stage (faces.js): photos searched in full, camera
   // frames with the detector every few frames and its faces tracked in between.
