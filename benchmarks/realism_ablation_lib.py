@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any, Mapping
 
+from flax import traverse_util
+
 BASELINES = ("occluded_input", "opencv_telea", "opencv_ns")
 INPAINTERS = ("opencv_telea", "opencv_ns")
 # Config sections whose differences make a recipe (the rest: paths, logging, eval sizes).
@@ -28,20 +30,13 @@ COLUMNS = (
 )
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def recipe_diff(config: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
     """The recipe settings where `config` differs from `reference` ({dotted key: value})."""
-    a = {k: v for k, v in _flatten(config).items() if k.split(".")[0] in RECIPE_KEYS}
-    b = {k: v for k, v in _flatten(reference).items() if k.split(".")[0] in RECIPE_KEYS}
+    def recipe(c):
+        flat = traverse_util.flatten_dict(c, sep=".")
+        return {k: v for k, v in flat.items() if k.split(".")[0] in RECIPE_KEYS}
+
+    a, b = recipe(config), recipe(reference)
     return {k: a.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

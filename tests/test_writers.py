@@ -33,25 +33,25 @@ from tests import pairs_fixture as pf
 # call (a marker file) and take its time there, so a test can signal it at that moment.
 _INFER_WITH_PAINTER = """
 import os, pathlib, sys, time
-import numpy as np
 from deocc_jax import infer
 from deocc_jax.artifacts import predictors
 
-class Slow:
-    resolution, guided, description, calls = 32, False, "a slow test painter", 0
-    def __call__(self, images, masks=None):
-        Slow.calls += 1
-        if Slow.calls >= int(os.environ.get("MARK_AT_CALL", "0") or 10**9):
-            pathlib.Path(os.environ["MARK"]).touch()
-            time.sleep(float(os.environ.get("SLEEP_S", "0")))
-        n, r = images.shape[:2]
-        mask = np.zeros((n, r, r, 1), np.float32)
-        mask[:, r // 2:] = 1.0
-        out = images.copy()
-        out[:, r // 2:] = (255, 0, 255)
-        return {"deoccluded": out, "mask": mask}
+def slow_painter(*args, **kwargs):
+    # Imported when infer opens its model: infer takes the signals before its heavy imports.
+    from tests.pairs_fixture import Painter
 
-predictors.open_predictor = lambda *a, **k: Slow()
+    class Slow(Painter):
+        description = "a slow test painter"
+
+        def __call__(self, images, masks=None):
+            if self.calls + 1 >= int(os.environ.get("MARK_AT_CALL", "0") or 10**9):
+                pathlib.Path(os.environ["MARK"]).touch()
+                time.sleep(float(os.environ.get("SLEEP_S", "0")))
+            return super().__call__(images, masks)
+
+    return Slow()
+
+predictors.open_predictor = slow_painter
 sys.argv = ["infer", *sys.argv[1:]]
 infer.run()
 """

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from deocc_jax import errors, models
@@ -250,7 +251,8 @@ class _Reporters:
                 self.actions.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
                                                              first_profile=start + 10))
         if primary and start == 0:
-            self.writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+            flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+            self.writer.write_hparams({k: v for k, v in flat.items()
                                        if isinstance(v, (int, float, str, bool))})
 
     def step(self, step: int) -> None:
@@ -292,16 +294,6 @@ def _has_validation_data(config: ml_collections.ConfigDict) -> bool:
         "--config.eval_every_steps=0 to silence this)", config.eval_split, config.data_dir,
         checkpointing.BEST_METRIC)
     return False
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ---------------------------------------------------------------------------
