@@ -289,6 +289,16 @@ export function landmarkBox(pts) {
   return b;
 }
 
+/** The end of detect.FaceAnalyzer._second_stage, for photos and frames alike: faces below
+ * `minFacePx` are reported in `tooSmall`, not kept, and a search left without faces says why. */
+function keepLargeEnough(faces, tooSmall, rejected, minFacePx) {
+  const kept = faces.filter((f) => faceSize(f.landmarks) >= minFacePx);
+  const small = tooSmall.concat(faces.filter((f) => faceSize(f.landmarks) < minFacePx)
+    .map((f) => landmarkBox(f.landmarks)));
+  const reason = kept.length ? null : (small.length ? TOO_SMALL : (rejected ? REJECTED : NONE_DETECTED));
+  return { kept, tooSmall: small, reason };
+}
+
 /** detect.distinct_faces: landmark sets less any overlapping an earlier one (the landmarker
  * can return one masked face twice). */
 export function distinctFaces(faces, sameFaceIou) {
@@ -550,11 +560,8 @@ export class FaceFinder {
       reasons = found.reasons;
       faces = faces.concat(found.landmarks.map((lm) => ({ landmarks: lm, source: FULL_RANGE })));
     }
-    const kept = faces.filter((f) => faceSize(f.landmarks) >= minFacePx);
-    tooSmall = tooSmall.concat(faces.filter((f) => faceSize(f.landmarks) < minFacePx)
-      .map((f) => landmarkBox(f.landmarks)));
-    const reason = kept.length ? null : (tooSmall.length ? TOO_SMALL : (rejected ? REJECTED : NONE_DETECTED));
-    return { faces: kept, tooSmall, rejected, detected, reasons, reason,
+    const end = keepLargeEnough(faces, tooSmall, rejected, minFacePx);
+    return { faces: end.kept, tooSmall: end.tooSmall, rejected, detected, reasons, reason: end.reason,
       detections: detections === null ? coarse.length : detections.length };
   }
 
@@ -599,12 +606,10 @@ export class FaceFinder {
         all = faces.concat(found.landmarks.map((lm) => ({ landmarks: lm, source: FULL_RANGE })));
       }
     }
-    const kept = all.filter((f) => faceSize(f.landmarks) >= minFacePx);
-    tooSmall = tooSmall.concat(all.filter((f) => faceSize(f.landmarks) < minFacePx)
-      .map((f) => landmarkBox(f.landmarks)));
-    this.tracked = kept.filter((f) => f.source === FULL_RANGE).map((f) => f.landmarks);
-    const reason = kept.length ? null : (tooSmall.length ? TOO_SMALL : (rejected ? REJECTED : NONE_DETECTED));
-    return { faces: kept, tooSmall, rejected, detected, reasons, reason, detections: count, fullRange: due };
+    const end = keepLargeEnough(all, tooSmall, rejected, minFacePx);
+    this.tracked = end.kept.filter((f) => f.source === FULL_RANGE).map((f) => f.landmarks);
+    return { faces: end.kept, tooSmall: end.tooSmall, rejected, detected, reasons, reason: end.reason,
+      detections: count, fullRange: due };
   }
 
   /** detect.search_min_face_px: beside faces found, search faces down to 1/span of the smallest. */
