@@ -47,7 +47,8 @@ def main(argv: Sequence[str]) -> None:
         num_shards=_OUT.num_shards.value, manual_dir=_OUT.manual_dir.value,
         tfds_data_dir=_OUT.tfds_data_dir.value, overwrite=_OUT.overwrite.value,
         **{name: h.value for name, h in _PREP.config.items()})
-    print(json.dumps({k: info[k] for k in ("num_records", "images", "categories", "groups")}, indent=2))
+    print(json.dumps({k: info[k] for k in ("num_records", "images", "categories", "occluder_kinds",
+                                           "groups")}, indent=2))
     print("rejected:", {k: v for k, v in info["rejected"].items() if v})
     print(f"splits: { {k: v['num_records'] for k, v in info['splits'].items()} }; "
           f"contact sheet: {os.path.join(_OUT.output_dir.value, pipeline.CONTACT_SHEET)}")

@@ -89,7 +89,7 @@ class SynthesizeFn(beam.DoFn):
                 padding_fraction=face.padding_fraction))
             key = record_key(face.record_source, 0)
             self._pairs.inc()
-            yield (split, shard_of(key, n_shards)), (key, PAIRED, record)
+            yield (split, shard_of(key, n_shards)), (key, PAIRED, record, PAIRED)
             return
         geo = geometry.FaceGeometry.from_landmarks(face.landmarks, c.resolution, self.canonical)
         stats = synth.photo_stats(face.clean, geo)
@@ -107,7 +107,7 @@ class SynthesizeFn(beam.DoFn):
             self._timers["encode"].update(int((time.perf_counter() - t1) * 1000))
             key = record_key(face.record_source, v)
             self._pairs.inc()
-            yield (split, shard_of(key, n_shards)), (key, s.category, record)
+            yield (split, shard_of(key, n_shards)), (key, s.category, record, s.kind)
 
 
 class ReadTfdsFn(beam.DoFn):
@@ -161,11 +161,11 @@ class WriteShardFn(beam.DoFn):
     def process(self, element, plan: Plan):
         (split, index), values = element
         values = sorted(v for v in values if v is not None)
-        keys = [k for k, _, _ in values]
+        keys = [k for k, _, _, _ in values]
         if len(set(keys)) != len(keys):
             raise ValueError(f"duplicate record keys in {split} shard {index}")
         n_shards = plan.shards[split]
-        records = [r for _, _, r in values]
+        records = [r for _, _, r, _ in values]
         if _is_remote(self.output_dir):
             # writer.write_shard writes local files; stage them, then copy out.
             tmp = tempfile.mkdtemp(prefix="deocc_shard_")
@@ -179,7 +179,8 @@ class WriteShardFn(beam.DoFn):
         else:
             writer.write_shard(self.output_dir, split, index, n_shards, records)
         yield {"split": split, "index": index, "num_records": len(records),
-               "categories": dict(collections.Counter(c for _, c, _ in values))}
+               "categories": dict(collections.Counter(c for _, c, _, _ in values)),
+               "kinds": dict(collections.Counter(k for _, _, _, k in values))}
 
 
 def contact_sheet(samples: Iterable[bytes], thumb: int = 128, per_row: int = 4) -> np.ndarray:
@@ -239,7 +240,7 @@ class FinalizeFn(beam.DoFn):
         for _, _, reason, _ in rejected:
             by_reason[reason] += 1
         splits: dict[str, dict] = {}
-        categories = collections.Counter()
+        categories, kinds = collections.Counter(), collections.Counter()
         for r in sorted(shard_results, key=lambda r: (r["split"], r["index"])):
             s = splits.setdefault(r["split"], {"num_records": 0, "num_shards": 0, "categories": {}})
             s["num_records"] += r["num_records"]
@@ -247,6 +248,7 @@ class FinalizeFn(beam.DoFn):
             for c, n in r["categories"].items():
                 s["categories"][c] = s["categories"].get(c, 0) + n
                 categories[c] += n
+            kinds.update(r["kinds"])
         for s in splits.values():
             s["categories"] = dict(sorted(s["categories"].items()))
         num_accepted = len(set(accepted))
@@ -259,6 +261,8 @@ class FinalizeFn(beam.DoFn):
             "num_records": sum(s["num_records"] for s in splits.values()),
             "splits": splits,
             "categories": dict(sorted(categories.items())),
+            # Face masks by print/colouring ("face_mask:dots/dark"), other categories as above.
+            "occluder_kinds": dict(sorted(kinds.items())),
             "images": {"read": self.num_read, "accepted": num_accepted, "rejected": len(rejected)},
             "rejected": by_reason,
             "groups": plan.stats,

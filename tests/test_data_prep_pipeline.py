@@ -134,6 +134,11 @@ def test_outputs_and_accounting(built):
         assert cats == s["categories"]
         total += len(recs)
     assert total == info["num_records"] == GOOD * KW["variants_per_face"]
+    # Occluder kinds refine the categories: they add up to them, category by category.
+    by_category = {}
+    for kind, n in info["occluder_kinds"].items():
+        by_category[kind.split(":")[0]] = by_category.get(kind.split(":")[0], 0) + n
+    assert by_category == info["categories"]
     # Tiny input: every split still gets a photo.
     assert all(info["splits"][n]["num_records"] > 0 for n in ("train", "validation", "test"))
     assert not list(out.parent.glob(".a.building-*"))  # nothing left beside it
@@ -367,6 +372,7 @@ def test_paired_input_maskedface_net_layout(tmp_path, faces_dir):
                                    variants_per_face=3, pipeline_args=IN_PROCESS)
     assert info["images"] == {"read": 6, "accepted": 5, "rejected": 1}
     assert info["rejected"]["unpaired"] == 1 and info["categories"] == {"paired": 5}
+    assert info["occluder_kinds"] == {"paired": 5}
     assert info["paired"]["clean_photos_unmatched"] == 0
     records = _records(out, info)
     split_of = {}
