@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from deocc_jax import errors
-from deocc_jax.evaluation import baselines, eval_lib
+from deocc_jax import errors, models
+from deocc_jax.evaluation import baselines, eval_lib, framing
+from deocc_jax.evaluation import metrics as pixel_metrics
 from deocc_jax.data import input_pipeline
 import cv2
 from deocc_jax.training import sharding
@@ -216,3 +217,39 @@ def test_validate_reports_realism(tiny_data_dir):
               "val_harm_mask_area"):
         assert k in values and np.isfinite(values[k]), (k, values)
     assert not any(k.startswith("val_count") for k in values)
+
+
+# ----------------------------------------------------------------------------- tight framing
+
+
+def test_evaluate_tight_framing_scores_every_method_on_the_recrops(empty_val_run, empty_val_data_dir,
+                                                                   tmp_path):
+    out = tmp_path / "m.json"
+    proc = pf.run_binary("deocc_jax.evaluate", f"--model={empty_val_run['workdir']}",
+                         f"--data_dir={empty_val_data_dir}", "--split=train", "--framing=tight",
+                         "--noface_metrics", "--grid_rows=1", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    box = framing.tight_box(got["resolution"])
+    assert got["framing"]["name"] == "tight" and got["framing"]["box"] == list(box)
+    assert "Framing: tight re-crops" in (tmp_path / "m.md").read_text()
+    assert list(got["methods"]) == ["model", "occluded_input", "opencv_telea", "opencv_ns"]
+    # The baselines got the re-cropped input and were scored against the re-cropped clean face
+    # inside the mask cut to the box: doing nothing scores what those pairs score.
+    data = str(empty_val_data_dir)
+    examples = input_pipeline.read_examples(data, "train",
+                                            range(input_pipeline.split_size(data, "train")))
+    batch = framing.recrop_batch({k: np.stack([e[k] for e in examples])
+                                  for k in eval_lib.IMAGE_KEYS}, box)
+    want = {k: np.asarray(v) for k, v in pixel_metrics.image_metrics(
+        *(models.mask_to_unit(batch[k]) for k in ("occluded", "clean", "mask"))).items()}
+    nothing = got["methods"]["occluded_input"]["overall"]
+    assert nothing["mse"] == pytest.approx(want["mse"].mean(), rel=1e-4)
+    assert nothing["count_masked"] == int(want["has_mask"].sum()) > 0
+    assert nothing["masked_mse"] == pytest.approx(
+        want["masked_mse"][want["has_mask"] > 0].mean(), rel=1e-4)
+    # The grid shows the re-cropped input (tiles are 4x nearest-neighbour upscales of 32 px).
+    grid = cv2.cvtColor(cv2.imread(str(tmp_path / "m_samples.png")), cv2.COLOR_BGR2RGB)
+    shown = got["grid_examples"][0]["index"]
+    tile = grid[18 + 16:18 + 16 + 128, :128][::4, ::4]
+    np.testing.assert_array_equal(tile, batch["occluded"][shown])

@@ -12,7 +12,8 @@ what they change where there is nothing to remove); face-aware metrics
 (`deocc_jax.evaluation.face_metrics`: expression, landmarks, identity, and how often a
 restoration is closer to the clean face than the occluded input) run on the
 host where enabled. Per-image values are then pooled overall and per occluder
-category.
+category. `evaluate(framing="tight")` first re-crops every batch as a tight face
+photo reaches the model (`deocc_jax.evaluation.framing`).
 
 Methods compared on the same examples:
   model                 the model under test (a workdir, pretrained folder or export)
@@ -45,7 +46,7 @@ from jax.sharding import Mesh
 
 from deocc_jax import errors, models
 from deocc_jax.artifacts import predictors
-from deocc_jax.evaluation import baselines, metrics
+from deocc_jax.evaluation import baselines, framing as framing_lib, metrics
 from deocc_jax.training import sharding
 from deocc_jax.evaluation import face_metrics as fm_lib
 from deocc_jax.data import features, input_pipeline
@@ -420,6 +421,10 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     keys = [k for k in METRIC_KEYS if any(k in m["overall"] for m in methods.values())]
     lines = [f"### deocc evaluation: {result['split']} split of `{result['data_dir']}` "
              f"({result['num_examples']} examples)", ""]
+    frame = result.get("framing") or {}
+    if frame.get("name", framing_lib.TEMPLATE) != framing_lib.TEMPLATE:
+        lines += [f"Framing: {frame['description']}; box (x0, y0, x1, y1) = {tuple(frame['box'])}.",
+                  ""]
     lines.append("| method | " + " | ".join(METRIC_LABELS[k] for k in keys) + " |")
     lines.append("|---|" + "---:|" * len(keys))
     for name, m in methods.items():
@@ -526,6 +531,7 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
              include_baselines: bool = True, batch_size: int = 32,
              max_examples: int | None = None, output: str = "metrics.json",
              grid_rows_per_kind: int = 2, face_metrics: Any = None, overwrite: bool = False,
+             framing: str = framing_lib.TEMPLATE,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates a model, other models and the baselines on one split.
 
@@ -546,6 +552,8 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
       face_metrics: a `face_metrics.FaceMetrics`, or None for pixel metrics only.
       overwrite: replace existing outputs; without it an existing one is refused
         before anything is evaluated.
+      framing: "template" (the crops as prepared) or "tight" (`framing.tight_recrop`
+        of the clean and occluded faces, the mask cut to the box, for every method).
       log: progress output.
 
     Returns:
@@ -558,6 +566,9 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
     if grid_rows_per_kind < 0:
         raise errors.InvalidInputError(f"--grid_rows={grid_rows_per_kind}: must be 0 (no grid) "
                                        "or more")
+    if framing not in framing_lib.FRAMINGS:
+        raise errors.InvalidInputError(f"--framing={framing}: must be one of "
+                                       f"{', '.join(framing_lib.FRAMINGS)}")
     md_path, grid_path = output_paths(output)
     # An evaluation takes minutes to hours: a report in the way is refused before it starts.
     atomic.plan_outputs([("the metrics", output), ("the Markdown report", md_path)]
@@ -573,7 +584,8 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
     if num_examples == 0:
         raise errors.InvalidInputError(f"{data_dir}: split {split!r} has no examples")
     log(f"evaluating {num_examples} {split} examples at {resolution} px on {mesh.devices.size} "
-        f"device(s), global batch {batch_size}")
+        f"device(s), global batch {batch_size}, {framing} framing")
+    reframe = _reframer(framing, resolution)
 
     methods: list[Method] = []
     if model:
@@ -591,8 +603,8 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
         raise errors.InvalidInputError("nothing to evaluate: give --model, --compare or keep "
                                        "--baselines")
 
-    batches = input_pipeline.make_eval_iterator(data_dir, split, batch_size,
-                                                num_examples=num_examples)
+    batches = map(reframe, input_pipeline.make_eval_iterator(data_dir, split, batch_size,
+                                                             num_examples=num_examples))
     result = Evaluator(mesh, face_metrics, log).run(batches, methods, total=num_examples)
     per_image, cats = result.per_image, [str(c) for c in result.categories]
     for m in methods:
@@ -608,7 +620,7 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
     grid_idx = (pick_examples(per_image[first]["masked_psnr"], grid_rows_per_kind)
                 if grid_rows_per_kind > 0 else [])
     chosen = [int(result.indices[i]) for _, i in grid_idx]
-    examples, local, grid_outputs = _grid_inputs(data_dir, split, chosen, methods, mesh)
+    examples, local, grid_outputs = _grid_inputs(data_dir, split, chosen, methods, mesh, reframe)
 
     categories = category_counts(cats)
     face_selection = unavailable = None
@@ -622,6 +634,7 @@ def evaluate(model: str | None, data_dir: str, *, split: str = "test",
         "resolution": resolution,
         "num_examples": len(cats),
         "num_devices": int(mesh.devices.size),
+        "framing": framing_lib.describe(framing, resolution),
         "categories": categories,
         "checkpoints": {m.name: m.info for m in methods if m.info},
         "metric_notes": METRIC_NOTES,
@@ -654,13 +667,22 @@ def output_paths(output: str) -> tuple[str, str]:
     return stem + ".md", stem + "_samples.png"
 
 
+def _reframer(framing: str, resolution: int) -> Callable[[dict], dict]:
+    """What every batch goes through before the methods see it (`framing_lib`)."""
+    if framing == framing_lib.TEMPLATE:
+        return lambda batch: batch
+    box = framing_lib.tight_box(resolution)
+    return lambda batch: framing_lib.recrop_batch(batch, box)
+
+
 def _grid_inputs(data_dir: str, split: str, chosen: list[int], methods: Sequence[Method],
-                 mesh: Mesh) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The chosen examples, their images, and every method's outputs on them (single process)."""
+                 mesh: Mesh, reframe: Callable[[dict], dict]
+                 ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The chosen examples, their images as evaluated and every method's outputs (one process)."""
     if not chosen:
         return [], {}, {}
     examples = input_pipeline.read_examples(data_dir, split, chosen)
-    local = {k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS}
+    local = reframe({k: np.stack([e[k] for e in examples]) for k in IMAGE_KEYS})
     outputs = {}
     if jax.process_count() == 1:
         padded = {k: np.concatenate([v, np.repeat(v[:1], -len(v) % mesh.devices.size, 0)])
