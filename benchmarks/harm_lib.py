@@ -63,6 +63,16 @@ def pick_photos(faces_dir: str, num: int) -> list[str]:
     return [paths[i] for i in idx]
 
 
+def polygon_region(shape_hw: tuple[int, int], polygons: list[np.ndarray]) -> np.ndarray:
+    """bool [H, W]: pixels at least half covered by the filled polygons (pixel coordinates)."""
+    return geometry.fill_polygons(shape_hw, polygons) > 0.5
+
+
+def face_region(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
+    """bool [H, W]: the face whose harm is measured, inside MediaPipe's face oval."""
+    return polygon_region(shape_hw, [np.asarray(landmarks)[list(lmk.FACE_OVAL)]])
+
+
 def prepare(paths: list[str], resolution: int, library: occ.OccluderLibrary | None,
             variants: int, seed: int) -> FaceSet:
     """Largest face of each photo, aligned as `infer` aligns it, clean and occluded."""
@@ -82,7 +92,7 @@ def prepare(paths: list[str], resolution: int, library: occ.OccluderLibrary | No
             name = os.path.basename(path)
             names.append(name)
             clean.append(crop)
-            regions.append(geometry.fill_polygons(resolution, [lm[list(lmk.FACE_OVAL)]])[..., None])
+            regions.append(face_region(lm, (resolution, resolution))[..., None])
             geo = geometry.FaceGeometry.from_landmarks(lm, resolution)
             for v in range(variants):
                 s = synth.synthesize(crop, lm, synth.variant_rng(seed, name, v), library,
@@ -93,7 +103,7 @@ def prepare(paths: list[str], resolution: int, library: occ.OccluderLibrary | No
                 cats.append(s.category)
     if not names:
         raise errors.InvalidInputError("no face found in any photo")
-    return FaceSet(names, np.stack(clean), (np.stack(regions) > 0.5).astype(np.float32),
+    return FaceSet(names, np.stack(clean), np.stack(regions).astype(np.float32),
                    np.stack(occluded), np.stack(hidden), np.stack(masks), cats)
 
 

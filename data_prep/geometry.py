@@ -185,9 +185,9 @@ def _fix(pts: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(pts, np.float64) * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
 
 
-def fill_polygons(res: int, polygons: list[np.ndarray]) -> np.ndarray:
-    """Anti-aliased coverage (float32 0..1) of filled polygons."""
-    canvas = np.zeros((res, res), np.uint8)
+def fill_polygons(res: int | tuple[int, int], polygons: list[np.ndarray]) -> np.ndarray:
+    """Anti-aliased coverage (float32 0..1) of filled polygons on a res^2 or (H, W) canvas."""
+    canvas = np.zeros((res, res) if isinstance(res, int) else tuple(res), np.uint8)
     cv2.fillPoly(canvas, [_fix(p) for p in polygons], 255, lineType=cv2.LINE_AA, shift=_SHIFT)
     return canvas.astype(np.float32) / 255.0
 
