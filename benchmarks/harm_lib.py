@@ -35,7 +35,6 @@ from deocc_jax import errors
 from deocc_jax.artifacts import predictors
 from deocc_jax.evaluation import metrics
 from deocc_jax.faces import FaceAnalyzer, align
-from deocc_jax.faces import landmarks as lmk
 from deocc_jax.restoration import blend, frames
 
 GATES = (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04)
@@ -63,16 +62,6 @@ def pick_photos(faces_dir: str, num: int) -> list[str]:
     return [paths[i] for i in idx]
 
 
-def polygon_region(shape_hw: tuple[int, int], polygons: list[np.ndarray]) -> np.ndarray:
-    """bool [H, W]: pixels at least half covered by the filled polygons (pixel coordinates)."""
-    return geometry.fill_polygons(shape_hw, polygons) > 0.5
-
-
-def face_region(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
-    """bool [H, W]: the face whose harm is measured, inside MediaPipe's face oval."""
-    return polygon_region(shape_hw, [np.asarray(landmarks)[list(lmk.FACE_OVAL)]])
-
-
 def prepare(paths: list[str], resolution: int, library: occ.OccluderLibrary | None,
             variants: int, seed: int) -> FaceSet:
     """Largest face of each photo, aligned as `infer` aligns it, clean and occluded."""
@@ -92,7 +81,7 @@ def prepare(paths: list[str], resolution: int, library: occ.OccluderLibrary | No
             name = os.path.basename(path)
             names.append(name)
             clean.append(crop)
-            regions.append(face_region(lm, (resolution, resolution))[..., None])
+            regions.append(geometry.face_oval_region(lm, resolution)[..., None])
             geo = geometry.FaceGeometry.from_landmarks(lm, resolution)
             for v in range(variants):
                 s = synth.synthesize(crop, lm, synth.variant_rng(seed, name, v), library,

@@ -17,7 +17,7 @@ clip goes through the video paths deocc ships, unchanged:
          is the same measure on the decoded input encoded once more without any model
 
 Per frame, against the decoded input frame (what the pipeline got): the share of face pixels
-(MediaPipe's face oval from landmarks found on the input frame, `harm_lib.face_region`) whose
+(MediaPipe's face oval from landmarks found on the input frame, `data_prep.geometry.face_oval_region`) whose
 grey level moved by more than `metrics.HARM_LEVEL`, the same share over an eye region and a mouth
 region (`regions`), whether the frame came out untouched (bit for bit; live only: the infer
 output is re-encoded), and the model's predicted mask (share of the crop above
@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, harm_lib
+from data_prep import geometry
 from deocc_jax import errors
 from deocc_jax.artifacts import predictors
 from deocc_jax.evaluation import metrics
@@ -47,7 +48,7 @@ from deocc_jax.io import video as video_io
 from deocc_jax.restoration import blend, infer_lib
 from deocc_jax.restoration.stabilize import StabilizerOptions
 from deocc_jax.streaming import sources
-from deocc_jax.streaming.pipeline import LivePipeline, PipelineOptions
+from deocc_jax.streaming.pipeline import LivePipeline, PipelineOptions, warmup_faces_for
 from deocc_jax.streaming.tracking import LandmarkTracker, TrackerOptions
 
 CANVAS = (800, 600)   # (width, height) the photo is resized to
@@ -133,6 +134,11 @@ def _grown(points: np.ndarray, factor: float) -> np.ndarray:
     return centre + factor * (points - centre)
 
 
+def _polygon_region(shape_hw: tuple[int, int], polygons: list[np.ndarray]) -> np.ndarray:
+    """bool [H, W]: pixels at least half covered by the filled polygons (pixel coordinates)."""
+    return geometry.fill_polygons(shape_hw, polygons) > 0.5
+
+
 def regions(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> dict[str, np.ndarray]:
     """bool [H, W] regions of one face: "face" (the oval), "eyes" and "mouth".
 
@@ -142,9 +148,9 @@ def regions(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> dict[str, np.nd
     """
     lm = np.asarray(landmarks, np.float64)
     eyes = [_grown(lm[list(c)], EYE_GROW) for c in (lmk.LEFT_EYE_CONTOUR, lmk.RIGHT_EYE_CONTOUR)]
-    return {"face": harm_lib.face_region(lm, shape_hw),
-            "eyes": harm_lib.polygon_region(shape_hw, eyes),
-            "mouth": harm_lib.polygon_region(shape_hw, [_grown(lm[list(lmk.LIPS_OUTER)],
+    return {"face": geometry.face_oval_region(lm, shape_hw),
+            "eyes": _polygon_region(shape_hw, eyes),
+            "mouth": _polygon_region(shape_hw, [_grown(lm[list(lmk.LIPS_OUTER)],
                                                                MOUTH_GROW)])}
 
 
@@ -265,7 +271,7 @@ def run_live(model: RecordingModel, clip: str, landmarker_model: str | None = No
     try:
         pipe = LivePipeline(source, model, [keep], PipelineOptions(
             lossless=True, tracker=tracker, stabilizer=StabilizerOptions(),
-            warmup_faces=(1, 2) if tracker.max_faces > 1 else (1,)),
+            warmup_faces=warmup_faces_for(tracker)),
             tracker_factory=lambda: _CountingTracker(tracker, counts))
         model.calls.clear()
         pipe.start()

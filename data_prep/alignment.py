@@ -82,8 +82,7 @@ class AlignedFace:
 
 def face_outside_fraction(crop_landmarks: np.ndarray, outside: np.ndarray) -> float:
     """Share of the face oval (crop pixels) that lies outside the photo."""
-    res = outside.shape[0]
-    oval = geometry.fill_polygons(res, [np.asarray(crop_landmarks, np.float64)[list(L.FACE_OVAL)]]) > 0.5
+    oval = geometry.face_oval_region(crop_landmarks, outside.shape[0])
     return float((oval & outside).sum() / max(int(oval.sum()), 1))
 
 

@@ -192,6 +192,11 @@ def fill_polygons(res: int | tuple[int, int], polygons: list[np.ndarray]) -> np.
     return canvas.astype(np.float32) / 255.0
 
 
+def face_oval_region(landmarks: np.ndarray, res: int | tuple[int, int]) -> np.ndarray:
+    """bool canvas (`fill_polygons`'s): pixels at least half inside MediaPipe's face oval."""
+    return fill_polygons(res, [np.asarray(landmarks, np.float64)[list(L.FACE_OVAL)]]) > 0.5
+
+
 def stroke(res: int, polyline: np.ndarray, thickness: float, closed: bool = False) -> np.ndarray:
     """Anti-aliased coverage of a polyline of the given thickness (pixels)."""
     canvas = np.zeros((res, res), np.uint8)

@@ -59,6 +59,11 @@ class PipelineOptions:
     warmup_faces: tuple[int, ...] = (1,)
 
 
+def warmup_faces_for(tracker: TrackerOptions) -> tuple[int, ...]:
+    """`PipelineOptions.warmup_faces` for a tracker: one face, and two where it follows several."""
+    return (1, 2) if tracker.max_faces > 1 else (1,)
+
+
 @dataclasses.dataclass
 class _Detected:
     frame: video_io.Frame

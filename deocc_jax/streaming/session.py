@@ -28,7 +28,7 @@ from deocc_jax.streaming import sinks as sinks_lib
 from deocc_jax.restoration import frames as restore
 from deocc_jax.streaming import mjpeg, queues, sources
 from deocc_jax.streaming import stats as stats_lib
-from deocc_jax.streaming.pipeline import LivePipeline, PipelineOptions
+from deocc_jax.streaming.pipeline import LivePipeline, PipelineOptions, warmup_faces_for
 from deocc_jax.restoration.stabilize import StabilizerOptions
 from deocc_jax.streaming.tracking import TrackerOptions
 from deocc_jax.streaming.virtualcam import VirtualCamera
@@ -233,7 +233,7 @@ def _run(opts: LiveOptions, signals: errors.StopSignals, *, model, log: Callable
         pipe = LivePipeline(source, model, sinks, PipelineOptions(
             lossless=lossless, tracker=opts.tracker, stabilizer=opts.stabilizer,
             max_frames=opts.max_frames, display=opts.window,
-            warmup_faces=(1, 2) if opts.tracker.max_faces > 1 else (1,)),
+            warmup_faces=warmup_faces_for(opts.tracker)),
             guide=guide, stats=stats, tracker_factory=tracker_factory, stop_event=stop)
         mode = "camera" if source.is_camera else ("file in real time" if opts.realtime else "file")
         log(f"live: {opts.input} ({mode}, {info.width}x{info.height} at {info.fps:.2f} fps) with "
