@@ -24,7 +24,7 @@ import hashlib
 import cv2
 import numpy as np
 
-from data_prep import mask_styles, occluders as occ, procedural
+from data_prep import mask_styles, mask_wear, occluders as occ, procedural
 from data_prep.geometry import FaceGeometry, Layer, fill_polygons, stroke
 from deocc_jax.faces import landmarks as L
 
@@ -85,6 +85,9 @@ class SynthConfig:
         printed and/or recoloured as people wear them (`mask_styles.draw_mask_style`:
         dots, stripes, checks, camouflage, text; dark or saturated cloth);
         0 draws nothing, so pairs are those of a build without styles.
+      mask_wear: probability of each wear feature of a face mask
+        (`mask_wear.WearProbs`: light-following shading, pleats, a valve,
+        straps, a face shield); 0 draws nothing, as for styles.
     """
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     image_share: float = 0.7
@@ -93,6 +96,7 @@ class SynthConfig:
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (50, 95)
     mask_style_prob: float = 0.5
+    mask_wear: mask_wear.WearProbs = mask_wear.WearProbs()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +110,14 @@ class Synthesis:
     clean: np.ndarray | None = None     # uint8 [H, W, 3]
     jpeg_quality: int | None = None
     style: str | None = None            # `mask_styles.MaskStyle.kind` of a restyled face mask
+    wear: str | None = None             # `mask_wear` tags of a worn face mask, "+"-joined
 
     @property
     def kind(self) -> str:
-        """What a report counts: the category, and a face mask's print/colouring when styled."""
-        return f"{self.category}:{self.style}" if self.style else self.category
+        """What a report counts: the category, then a face mask's print/colouring and
+        wear, e.g. "face_mask:dots/dark+lit+straps", "face_mask:lit", "face_mask:shield_only"."""
+        detail = "+".join(p for p in (self.style, self.wear) if p)
+        return f"{self.category}:{detail}" if detail else self.category
 
 
 def variant_rng(seed: int, source_id: str, variant: int) -> np.random.Generator:
@@ -458,12 +465,22 @@ def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         # Off-crop or misplaced every time: shapes on the face never are.
         category = procedural.PROCEDURAL
         layer, name = procedural.procedural_shapes(geo, rng), "procedural:procedural"
-    style = None
-    if category == "face_mask" and config.mask_style_prob > 0 \
-            and rng.random() < config.mask_style_prob:
+    style = wear = None
+    shield = mask_wear.draw_shield(rng, config.mask_wear) if category == "face_mask" else None
+    if category == "face_mask" and shield != mask_wear.SHIELD_ONLY \
+            and config.mask_style_prob > 0 and rng.random() < config.mask_style_prob:
         drawn = mask_styles.draw_mask_style(rng)
         layer = mask_styles.restyle_mask(layer, geo, rng, drawn)
         style = drawn.kind
+    if category == "face_mask":
+        # A shield changes every pixel under it (tint, glare, lost contrast), so its
+        # whole area joins the mask (alpha > 0) and the target there is the clean
+        # face: a mask leaving the see-through part out would keep the tint in the
+        # output, and the contract (occluded == clean outside the mask) would break.
+        # The stored alpha still says how little of the face it hides.
+        worn = mask_wear.wear_mask(layer, geo, stats.shading, rng, config.mask_wear, shield=shield,
+                                   loops_drawn=name.startswith("procedural:"))
+        layer, wear = worn.layer, "+".join(worn.tags) or None
     layer = finish_layer(layer, stats, rng)
     shadow = soft_shadow(layer[1], stats, geo, rng) if rng.random() < config.shadow_prob else None
     occluded, alpha, mask = composite(clean, layer, shadow)
@@ -472,4 +489,4 @@ def synthesize(clean: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
         clean, occluded, alpha, mask = jpeg_round_trip(clean, occluded, alpha, quality)
     return Synthesis(occluded=occluded, alpha=alpha, mask=mask, category=category, occluder=name,
-                     clean=clean, jpeg_quality=quality, style=style)
+                     clean=clean, jpeg_quality=quality, style=style, wear=wear)
