@@ -257,6 +257,34 @@ def test_a_turned_masked_face_is_found_through_its_mirror_image(analyzer, shared
     assert np.abs(back - search.faces[0].landmarks).mean() < 0.02 * search.faces[0].width
 
 
+def test_a_face_that_fills_the_photo_is_found_in_a_padded_canvas(analyzer, landmarker_alone,
+                                                                  detector, shared_dir):
+    # A UTKFace chip (a halftone print): the face fills the photo, beyond the
+    # full-range detector's whole-photo pass, and the landmarker's own mesh lies
+    # on the mouth and chin, so the detector does not confirm it. Given a border,
+    # the landmarker finds the face itself: the truth here.
+    photo = _read(shared_dir / "data" / "utkface" / "36_1_0_20170116222807886.jpg.chip.jpg")
+    border = cv2.copyMakeBorder(photo, 50, 50, 50, 50, cv2.BORDER_CONSTANT)
+    truth = L.five_points(landmarker_alone.detect(border)[0].landmarks) - 50
+    eye = np.linalg.norm(truth[1] - truth[0])
+    off_face = L.five_points(landmarker_alone.detect(photo)[0].landmarks)
+    assert np.linalg.norm(off_face - truth, axis=1).max() > 0.5 * eye
+    assert detector.detect(photo) == []
+    search = analyzer.find(photo)
+    assert [f.source for f in search.faces] == [detect.FULL_RANGE]
+    got = L.five_points(search.faces[0].landmarks)
+    assert np.linalg.norm(got - truth, axis=1).max() < 0.25 * eye
+
+
+def test_the_padded_canvas_counts_only_faces_that_fill_the_photo(analyzer):
+    import skimage.data
+
+    # From the padded canvas, the colour wheel turned and enlarged passes every
+    # face check with a box 0.8 of the photo's side: it is no tight face.
+    wheel = np.ascontiguousarray(cv2.resize(np.rot90(skimage.data.colorwheel()), None, fx=2, fy=2))
+    assert analyzer.find(wheel).faces == []
+
+
 # --- what infer says per photo ------------------------------------------------------------
 
 def test_infer_names_why_a_photo_has_no_face(tmp_path, portrait, landmarker_alone):

@@ -22,7 +22,9 @@ can matter: the landmarker's faces are confirmed with the whole-photo pass
 and an upright check first, and beside faces already found the tiles look
 only for faces down to 1 / `FACE_SCALE_SPAN` of the smallest of them
 (`search_min_face_px`). A photo with no face found is still searched down to
-`min_face_px`.
+`min_face_px`, and then, for a face that fills the photo (a tight crop, out of
+the whole-photo pass's reach), once more shrunk into a padded canvas
+(`cascade.tight_crop_detections`).
 """
 
 from __future__ import annotations
@@ -342,6 +344,19 @@ class FaceAnalyzer:
             faces += [self._cascade_face(lm) for lm in found.landmarks]
             detected += found.detected
             too_small = list(found.too_small)
+        if self.mode == "image" and detections is not None and not faces:
+            # A face that fills the photo (a tight crop) is beyond the whole-photo
+            # pass; the landmarker's faces turned away above are no reason to skip
+            # it (in tight crops they lay on the background or on the mouth). What it
+            # turns away is not counted in `rejected`: a photo without a tight face
+            # keeps the reason the photo's own search gave (a cat's head filling
+            # the photo fires the detector there, and is no rejected face).
+            tight = cascade.search(image_rgb, cascade.tight_crop_detections(image_rgb, self._detector),
+                                   [], self._mesh, self._detector, max_new=self.num_faces,
+                                   min_face_px=self.min_face_px)
+            faces += [self._cascade_face(lm) for lm in tight.landmarks]
+            detected += tight.detected
+            too_small += list(tight.too_small)
         kept = [f for f in faces if face_size(f) >= self.min_face_px]
         too_small += [f.bbox for f in faces if face_size(f) < self.min_face_px]
         return FaceSearch(faces=kept, too_small=too_small, rejected=rejected, detected=detected)

@@ -188,6 +188,8 @@ def finder_settings(landmarker_path: str | None = None) -> dict:
             "max_checks": cascade.MAX_CHECKS, "same_face_iou": cascade.SAME_FACE_IOU,
             "min_face_px": cascade.DEFAULT_MIN_FACE_PX,
             "mirror_keypoints": list(cascade.MIRROR_KEYPOINTS),
+            "tight_crop_scale": cascade.TIGHT_CROP_SCALE,
+            "tight_face_share": cascade.TIGHT_FACE_SHARE,
         },
         "landmarks": {
             "nose_tip": lmk.NOSE_TIP, "left_eye_corners": list(lmk.LEFT_EYE_CORNERS),

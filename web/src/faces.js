@@ -442,6 +442,32 @@ export class FaceFinder {
     return { det: hits.length ? hits[0] : null, pts };
   }
 
+  /**
+   * cascade.tight_crop_detections: faces that fill the photo (tight crops), which the
+   * whole-photo pass misses. The photo is shrunk into a black canvas the detector's input
+   * size, its longer side 1 / tight_crop_scale of it (a face filling the photo is then a
+   * third of the input), the detector's whole pass runs on it, and the detections at
+   * least tight_face_share of the photo's shorter side are kept, best first, in photo pixels.
+   */
+  async tightCropDetections(rgb, w, h) {
+    const size = this.S.detector.input_size, c = this.S.cascade;
+    const scale = size / c.tight_crop_scale / Math.max(h, w);
+    const nw = Math.max(1, roundHalfEven(w * scale)), nh = Math.max(1, roundHalfEven(h * scale));
+    const small = scale < 1 ? resizeArea(rgb, w, h, 3, nw, nh) : resizeLinear(rgb, w, h, nw, nh);
+    const x0 = Math.floor((size - nw) / 2), y0 = Math.floor((size - nh) / 2);
+    const canvas = new Uint8Array(size * size * 3);
+    for (let y = 0; y < nh; y++) canvas.set(small.subarray(y * nw * 3, (y + 1) * nw * 3), ((y0 + y) * size + x0) * 3);
+    // The canvas fills the detector's input: its own letterbox is the identity.
+    const sx = nw / w, sy = nh / h;
+    const toPhoto = ([x, y]) => [(x - x0) / sx, (y - y0) / sy];
+    const dets = (await this.detector.wholePass(canvas, size, size)).map((d) => ({
+      box: [...toPhoto(d.box.slice(0, 2)), ...toPhoto(d.box.slice(2))],
+      keypoints: d.keypoints.map(toPhoto), score: d.score,
+    }));
+    return weightedNms(dets, this.S.detector.nms_iou)
+      .filter((d) => detectionSize(d) >= c.tight_face_share * Math.min(h, w));
+  }
+
   /** cascade.verify: null when the landmarks and an upright re-detection agree, else why not. */
   async verify(rgb, w, h, lm, maxEyeOffset = this.S.cascade.max_eye_offset) {
     const { det, pts } = await this.uprightDetection(rgb, w, h, lm);
@@ -559,6 +585,17 @@ export class FaceFinder {
       tooSmall = found.tooSmall;
       reasons = found.reasons;
       faces = faces.concat(found.landmarks.map((lm) => ({ landmarks: lm, source: FULL_RANGE })));
+    }
+    if (detections !== null && !faces.length) {
+      // A face that fills the photo (a tight crop) is beyond the whole-photo pass; the
+      // landmarker's faces turned away above are no reason to skip it. What this search
+      // turns away is not counted as rejected: a photo without a tight face keeps the
+      // reason its own search gave (as detect.FaceAnalyzer._second_stage).
+      const tight = await this.search(rgb, w, h, await this.tightCropDetections(rgb, w, h), [],
+        numFaces, minFacePx);
+      detected += tight.detected;
+      tooSmall = tooSmall.concat(tight.tooSmall);
+      faces = faces.concat(tight.landmarks.map((lm) => ({ landmarks: lm, source: FULL_RANGE })));
     }
     const end = keepLargeEnough(faces, tooSmall, rejected, minFacePx);
     return { faces: end.kept, tooSmall: end.tooSmall, rejected, detected, reasons, reason: end.reason,
