@@ -7,6 +7,7 @@ from absl import flags
 
 from benchmarks import common, video_harm_lib
 from deocc_jax import errors
+from deocc_jax.restoration import smoothing
 
 _MODEL = flags.DEFINE_string("model", None, "Model: a workdir, pretrained folder or export "
                              "(default: the shipped one).")
@@ -19,6 +20,8 @@ _FRAMES = flags.DEFINE_integer("frames", video_harm_lib.FRAMES, "Frames per clip
 _FPS = flags.DEFINE_float("fps", video_harm_lib.FPS, "Clip frame rate.", lower_bound=1)
 _ASPECT = flags.DEFINE_enum("aspect", "stretch", ["stretch", "keep"], "stretch: the photo "
                             "resized to 800x600 as it is; keep: its aspect kept, edges repeated.")
+_BETA = flags.DEFINE_float("beta", smoothing.DEFAULT_BETA, "One-euro speed coefficient of both "
+                           "paths' landmark smoothing (infer's and live's --beta).")
 _PATHS = flags.DEFINE_list("paths", list(video_harm_lib.PATHS), "Video paths: live, infer.")
 _SCRATCH = flags.DEFINE_string("scratch_dir", "/tmp/deocc_video_harm", "Clips, outputs and the "
                                "frame strips (not the repository: the photos may not be "
@@ -39,7 +42,7 @@ def main(argv):
     result = video_harm_lib.run(
         models, video_harm_lib.resolve_photos(_PHOTOS.value, _FACES.value), scratch,
         video_harm_lib.Settings(frames=_FRAMES.value, fps=_FPS.value, paths=tuple(_PATHS.value),
-                                aspect=_ASPECT.value))
+                                aspect=_ASPECT.value, beta=_BETA.value))
     for m in result["models"]:
         for path, r in m["paths"].items():
             print(f"{m['label']} ({m['model']}) {path}: {r['overall']}")

@@ -45,7 +45,7 @@ from deocc_jax.evaluation import metrics
 from deocc_jax.faces import FaceAnalyzer, largest_face
 from deocc_jax.faces import landmarks as lmk
 from deocc_jax.io import video as video_io
-from deocc_jax.restoration import blend, infer_lib
+from deocc_jax.restoration import blend, infer_lib, smoothing
 from deocc_jax.restoration.stabilize import StabilizerOptions
 from deocc_jax.streaming import sources
 from deocc_jax.streaming.pipeline import LivePipeline, PipelineOptions, warmup_faces_for
@@ -257,7 +257,8 @@ def _per_frame_masks(calls: list[MaskRecord], faces_per_frame: list[int] | None,
     return [next(it, None) if n else None for n in faces_per_frame]
 
 
-def run_live(model: RecordingModel, clip: str, landmarker_model: str | None = None
+def run_live(model: RecordingModel, clip: str, landmarker_model: str | None = None,
+             beta: float = smoothing.DEFAULT_BETA
              ) -> tuple[list[np.ndarray], list[MaskRecord | None]]:
     """The clip through the live pipeline as `deocc_jax.live` runs a file in full.
 
@@ -265,7 +266,7 @@ def run_live(model: RecordingModel, clip: str, landmarker_model: str | None = No
       (restored frames, mask record per frame or None where no face was restored).
     """
     counts: list[int] = []
-    tracker = TrackerOptions(landmarker_model=landmarker_model)
+    tracker = TrackerOptions(landmarker_model=landmarker_model, beta=beta)
     source = sources.FileSource(clip, realtime=False)
     keep = _Keep()
     try:
@@ -287,7 +288,8 @@ def run_live(model: RecordingModel, clip: str, landmarker_model: str | None = No
 
 
 def run_infer(model: RecordingModel, clip: str, out_path: str,
-              landmarker_model: str | None = None) -> tuple[list[np.ndarray], list]:
+              landmarker_model: str | None = None, beta: float = smoothing.DEFAULT_BETA
+              ) -> tuple[list[np.ndarray], list]:
     """The clip through `infer_lib.process_video` with `deocc_jax.infer`'s defaults.
 
     Returns:
@@ -296,7 +298,7 @@ def run_infer(model: RecordingModel, clip: str, out_path: str,
     """
     model.calls.clear()
     infer_lib.process_video(model, clip, out_path, max_faces=8, landmarker_model=landmarker_model,
-                            overwrite=True, quiet=True, log=lambda s: None)
+                            beta=beta, overwrite=True, quiet=True, log=lambda s: None)
     out = list(read_frames(out_path))
     return out, _per_frame_masks(model.calls, None, len(out))
 
@@ -416,6 +418,7 @@ class Settings:
     paths: tuple[str, ...] = PATHS
     aspect: str = "stretch"
     landmarker_model: str | None = None
+    beta: float = smoothing.DEFAULT_BETA  # the one-euro speed coefficient of both paths
 
 
 def run(models: list[tuple[str, object]], photos: list[str], scratch: str,
@@ -448,7 +451,7 @@ def run(models: list[tuple[str, object]], photos: list[str], scratch: str,
             f"{sum(f is not None for f in found)}")
         clips.append((os.path.basename(photo), stem, clip, decoded, found))
     record: dict = {
-        "clip": {"canvas": list(settings.canvas), "aspect": settings.aspect,
+        "clip": {"canvas": list(settings.canvas), "aspect": settings.aspect, "beta": settings.beta,
                  "window": list(settings.window),
                  "frames": settings.frames, "fps": settings.fps,
                  "pan": "cosine-eased: one left-right sweep, two up-down",
@@ -483,10 +486,11 @@ def run(models: list[tuple[str, object]], photos: list[str], scratch: str,
             for name, stem, clip, decoded, found in clips:
                 start = time.perf_counter()
                 if path == "live":
-                    outs, masks = run_live(model, clip, settings.landmarker_model)
+                    outs, masks = run_live(model, clip, settings.landmarker_model, settings.beta)
                 else:
                     outs, masks = run_infer(model, clip, os.path.join(
-                        scratch, f"out_{label}_{stem}.mp4"), settings.landmarker_model)
+                        scratch, f"out_{label}_{stem}.mp4"), settings.landmarker_model,
+                        settings.beta)
                 rows = frame_rows(decoded, outs, found, masks, bitwise=(path == "live"))
                 summary = summarize(rows)
                 per_photo[name] = {"summary": summary, "frames": rows,

@@ -36,7 +36,7 @@ if __name__ == "__main__":
     _STOP.install()
 
 from deocc_jax.artifacts import loading
-from deocc_jax.restoration import infer_lib  # noqa: E402  (after the handlers, on purpose)
+from deocc_jax.restoration import infer_lib, smoothing  # noqa: E402  (after the handlers, on purpose)
 from deocc_jax.io import atomic  # noqa: E402
 from deocc_jax.faces.cascade import DEFAULT_MIN_FACE_PX
 
@@ -56,8 +56,8 @@ _MIN_FACE_PX = flags.DEFINE_float(
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Video/camera: stop after n frames.",
                                     lower_bound=1)
 _SMOOTH = flags.DEFINE_bool("smoothing", True, "Video: one-euro smoothing of landmarks.")
-_MIN_CUTOFF = flags.DEFINE_float("min_cutoff", 1.0, "One-euro cutoff at rest (Hz); lower = steadier.")
-_BETA = flags.DEFINE_float("beta", 1.0, "One-euro speed coefficient; higher = less lag.")
+_MIN_CUTOFF = flags.DEFINE_float("min_cutoff", smoothing.DEFAULT_MIN_CUTOFF, "One-euro cutoff at rest (Hz); lower = steadier.")
+_BETA = flags.DEFINE_float("beta", smoothing.DEFAULT_BETA, "One-euro speed coefficient; higher = less lag.")
 _DISPLAY = flags.DEFINE_bool("display", False, "Video/camera: show before | after in a window.")
 _LANDMARKER = flags.DEFINE_string("landmarker_model", None, "Path of face_landmarker.task.")
 _REPORT = flags.DEFINE_string("report", None, "Write the run's report (JSON) here.")

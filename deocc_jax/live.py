@@ -40,7 +40,7 @@ from absl import app, flags, logging
 
 from deocc_jax import errors
 from deocc_jax.artifacts import loading
-from deocc_jax.restoration import stabilize
+from deocc_jax.restoration import smoothing, stabilize
 from deocc_jax.streaming import session, tracking
 
 DEFAULT_JAX_CACHE = "~/.cache/deocc/jax"
@@ -73,8 +73,8 @@ _TRACKING = flags.DEFINE_enum("tracking", tracking.TrackerOptions.method, tracki
 _DETECT_EVERY = flags.DEFINE_integer("detect_every", tracking.TrackerOptions.detect_every,
                                      "--tracking=flow: run the landmarker every n frames.")
 _SMOOTHING = flags.DEFINE_bool("smoothing", True, "One-euro smoothing of the landmarks.")
-_MIN_CUTOFF = flags.DEFINE_float("min_cutoff", 1.0, "One-euro cutoff at rest (Hz); lower = steadier.")
-_BETA = flags.DEFINE_float("beta", 1.0, "One-euro speed coefficient; higher = less lag.")
+_MIN_CUTOFF = flags.DEFINE_float("min_cutoff", smoothing.DEFAULT_MIN_CUTOFF, "One-euro cutoff at rest (Hz); lower = steadier.")
+_BETA = flags.DEFINE_float("beta", smoothing.DEFAULT_BETA, "One-euro speed coefficient; higher = less lag.")
 _STABILIZE = flags.DEFINE_bool("stabilize", True, "Temporal stabilisation of the restored face and "
                                "its mask.")
 _STRENGTH = flags.DEFINE_float("stabilize_strength", stabilize.StabilizerOptions.strength,

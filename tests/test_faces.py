@@ -71,6 +71,34 @@ def test_alignment_puts_eyes_and_mouth_on_the_template(analyzer, photos):
         assert crop.shape == (res, res, 3) and crop.dtype == np.uint8
 
 
+def test_a_stretched_face_is_squeezed_back_and_a_real_one_left_alone(analyzer, photos):
+    """A picture stretched 1.6x wide reaches the model no wider than a real face."""
+    res = 256
+    img = photos[1]  # 10.jpg: the portrait of the video that showed the harm
+    real = largest_face(analyzer.detect(img)).landmarks
+    assert align.face_aspect(real) <= align.MAX_FACE_ASPECT
+    np.testing.assert_array_equal(  # real faces: the plain similarity, bit for bit
+        align.alignment_matrix(real, res),
+        align.umeyama_similarity(L.five_points(real), align.TEMPLATE_5 * res))
+    h, w = img.shape[:2]
+    wide = cv2.resize(img, (round(w * 1.6), h), interpolation=cv2.INTER_CUBIC)
+    stretched = largest_face(analyzer.detect(wide)).landmarks
+    assert align.face_aspect(stretched) > 1.2
+    M = align.alignment_matrix(stretched, res)
+    assert align.face_aspect(align.transform_landmarks(stretched, M)) == pytest.approx(
+        align.MAX_FACE_ASPECT, abs=0.01)
+    # The crop of the stretched picture looks like the real face's crop, and more so than
+    # the similarity alone would make it.
+    ref = align.warp_to_crop(img, align.alignment_matrix(real, res), res).astype(float)
+    similarity = align.umeyama_similarity(L.five_points(stretched), align.TEMPLATE_5 * res)
+    squeezed_err = np.abs(align.warp_to_crop(wide, M, res) - ref).mean()
+    similarity_err = np.abs(align.warp_to_crop(wide, similarity, res) - ref).mean()
+    assert squeezed_err < 0.7 * similarity_err, (squeezed_err, similarity_err)
+    back = align.transform_landmarks(align.transform_landmarks(stretched, M),
+                                     align.inverse_matrix(M))  # pasted back where it was
+    np.testing.assert_allclose(back, stretched, atol=1e-2)
+
+
 def test_aligned_crop_maps_to_itself(analyzer, photos):
     """An already aligned face (our own crop, like FFHQ) keeps its framing."""
     res = 256

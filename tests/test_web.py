@@ -55,6 +55,7 @@ from deocc_jax.faces import sample_photos
 from deocc_jax.restoration import infer_lib
 from deocc_jax.serving import web_lib
 from deocc_jax.faces import align
+from deocc_jax.faces import landmarks as lmk
 from deocc_jax.faces.detect import FaceAnalyzer, largest_face
 from deocc_jax.restoration import blend, frames
 from launch import demo_photo
@@ -422,8 +423,11 @@ def _synthetic_face(shift: tuple[float, float] = (0, 0), size: float = 1.0
     # A horizontal gradient, so a reflection is not its own median colour.
     image[..., 0] = np.clip(image[..., 0].astype(int) + np.arange(320)[None] // 3, 0, 255)
     lm = rng.uniform(60, 200, (478, 2)).astype(np.float32)
+    # The five alignment points, and cheeks, forehead and chin where a real face has them
+    # (cheek to cheek over forehead to chin 0.65: no squeeze, align.unstretch_matrix).
     for i, (x, y) in {33: (100, 100), 133: (130, 104), 263: (205, 96), 362: (172, 99),
-                      1: (150, 142), 61: (122, 172), 291: (183, 170)}.items():
+                      1: (150, 142), 61: (122, 172), 291: (183, 170), 234: (85, 120),
+                      454: (215, 118), 10: (152, 30), 152: (150, 230)}.items():
         lm[i] = (150 + size * (x - 150) + shift[0], 135 + size * (y - 135) + shift[1])
     return image, lm
 
@@ -448,6 +452,69 @@ def test_port_matches_python_geometry(page):
         np.testing.assert_allclose(np.asarray(got["alpha"]).reshape(r, r),
                                    blend.blend_alpha_crop(mask, r), rtol=0, atol=1e-6)
         assert tuple(got["roi"]) == blend.crop_roi(m, r, (240, 320))
+
+
+# A stretched picture: the portrait's landmarks with x scaled this much about their centre.
+STRETCH = 1.5
+# The occluded portrait stretched this much in x: the landmarker still fits a real face's
+# shape to it at 1.5 (aspect 0.81: the occluder hides a cheek); at 2 the full-range stage
+# finds it, 1.28 times as wide as tall (measured in Python).
+PHOTO_STRETCH = 2.0
+
+
+@pytest.fixture(scope="module")
+def portrait_landmarks() -> np.ndarray:
+    """Python's MediaPipe landmarks of the (unoccluded) astronaut portrait."""
+    image = infer_lib.read_rgb(sample_photos.face_photo_paths()[0])
+    with FaceAnalyzer(mode="image", full_range=False) as analyzer:
+        return largest_face(analyzer.detect(image)).landmarks
+
+
+def test_port_aligns_real_and_stretched_faces_like_python(page, portrait_landmarks):
+    """alignmentMatrix is align.alignment_matrix on a real face (a similarity) and on the
+    same face stretched (squeezed back along the cheek line first: an affine)."""
+    real = np.asarray(portrait_landmarks, np.float32)
+    centre = real.mean(0)
+    stretched = ((real - centre) * [STRETCH, 1.0] + centre).astype(np.float32)
+    constants = page.evaluate("""() => { const g = window.deocc.geometry;
+      return [g.MAX_FACE_ASPECT, g.LEFT_CHEEK, g.RIGHT_CHEEK, g.FOREHEAD, g.CHIN]; }""")
+    assert constants == [align.MAX_FACE_ASPECT, lmk.LEFT_CHEEK, lmk.RIGHT_CHEEK, lmk.FOREHEAD,
+                         lmk.CHIN]
+    measured = {}
+    for name, lm in (("real", real), ("stretched", stretched)):
+        aspect = align.face_aspect(lm)
+        assert (aspect > align.MAX_FACE_ASPECT) == (name == "stretched"), (name, aspect)
+        for r in (32, 256):
+            want = align.alignment_matrix(lm, r)
+            got = np.asarray(page.evaluate(
+                "([lm, r]) => window.deocc.geometry.alignmentMatrix(lm, r)", [lm.tolist(), r]))
+            got = got.reshape(2, 3)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+            # A similarity's linear part is [[a, -b], [b, a]]; the squeeze makes it none.
+            skew = abs(want[0, 0] - want[1, 1]) + abs(want[0, 1] + want[1, 0])
+            assert (skew > 0.05 * align.matrix_scale(want)) == (name == "stretched"), (name, want)
+            measured[f"{name} {r}"] = {"aspect": round(aspect, 3),
+                                       "max_abs_diff": float(np.abs(got - want).max())}
+    print("alignment:", json.dumps(measured))
+
+
+def test_stretched_photo_restored_like_python(page, photo, python_model, tmp_path):
+    """A stretched picture's face is aligned with an affine; the page crops, runs and pastes
+    it back as the Python path does."""
+    h, w = photo["image"].shape[:2]
+    size = (round(w * PHOTO_STRETCH), h)
+    image = cv2.resize(photo["image"], size, interpolation=cv2.INTER_LINEAR)
+    occluder = cv2.resize(photo["occluder"].astype(np.uint8), size,
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
+    path = str(tmp_path / "stretched.png")
+    infer_lib.write_rgb(path, image)
+    last = restore_dropped(page, path)
+    before, after = read_canvas(page, "before"), read_canvas(page, "after")
+    np.testing.assert_array_equal(before, image)
+    faces = page_landmarks(last)
+    assert len(faces) == 1 and align.face_aspect(faces[0]) > align.MAX_FACE_ASPECT, last["faces"]
+    same = check_restored(before, after, last, python_model, occluder)
+    print("stretched photo:", json.dumps({**same, "aspect": align.face_aspect(faces[0])}))
 
 
 def test_port_applies_the_harm_gate_as_python_does(page):
@@ -611,6 +678,51 @@ def test_page_finds_the_faces_python_finds(page, shared_dir):
 def landmark_box(points) -> list[float]:
     pts = np.asarray(points, np.float64)
     return [*pts.min(0), *pts.max(0)]
+
+
+# A UTKFace tight face crop (read in place): the face fills the photo, so the whole-photo
+# pass and the tiles miss it and the landmarker's face is turned away; the Python finder
+# finds it only in the photo shrunk into a padded canvas (cascade.tight_crop_detections).
+TIGHT_CROP_PHOTO = "36_1_0_20170116222807886.jpg.chip.jpg"
+
+_PAGE_TIGHT = """async ([img, w, h]) => {
+  const rgb = Uint8Array.from(atob(img), (c) => c.charCodeAt(0));
+  return window.deocc.finder.tightCropDetections(rgb, w, h);
+}"""
+
+
+def test_page_finds_a_tight_face_crop_like_python(page, shared_dir, monkeypatch):
+    """The padded-canvas pass: the same detections, and the same face found through them."""
+    from deocc_jax.faces import cascade, detect
+
+    path = str(shared_dir / "data" / "utkface" / TIGHT_CROP_PHOTO)
+    image = infer_lib.read_rgb(path)
+    h, w = image.shape[:2]
+    with FaceAnalyzer(mode="image", num_faces=PAGE_MAX_FACES) as finder:
+        want = finder.find(image)
+        tight = cascade.tight_crop_detections(image, finder._detector)
+        with monkeypatch.context() as m:   # without the new pass, no face
+            m.setattr(cascade, "tight_crop_detections", lambda *_: [])
+            assert not finder.find(image).faces
+    assert [f.source for f in want.faces] == [detect.FULL_RANGE] and want.reason is None, want
+    got_tight = page.evaluate(_PAGE_TIGHT, [base64.b64encode(image.tobytes()).decode(), w, h])
+    want_tight = _detections_table([{"box": d.box, "keypoints": d.keypoints, "score": d.score}
+                                    for d in tight])
+    got_tight = _detections_table(got_tight)
+    assert len(got_tight) == len(want_tight) == 1, (got_tight, want_tight)
+    # Resampling (OpenCV vs its port) and the two runtimes move boxes by a fraction of a pixel.
+    np.testing.assert_allclose(got_tight[:, :16], want_tight[:, :16], atol=1.0)
+    np.testing.assert_allclose(got_tight[:, 16], want_tight[:, 16], atol=0.02)
+
+    last = restore_dropped(page, path)
+    got = last["search"]
+    assert [f["source"] for f in got["faces"]] == [detect.FULL_RANGE], got
+    assert got["reason"] is None and got["rejected"] == want.rejected, (got, want)
+    iou = _box_iou(want.faces[0].bbox, landmark_box(got["faces"][0]["landmarks"]))
+    box_px = float(np.abs(got_tight - want_tight)[:, :16].max())
+    print("tight crop:", json.dumps({"iou": round(iou, 3), "box_max_px": box_px,
+                                     "page_ms": round(last["ms"]["detect"])}))
+    assert iou >= SAME_FACE_MIN_IOU, iou
 
 
 _PAGE_DECODE = """([reg, logits, lb, minScore]) => {

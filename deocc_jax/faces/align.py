@@ -1,5 +1,8 @@
 """Similarity alignment of a face to an FFHQ-style canonical crop, and back.
 
+A face wider than any real one (a stretched picture) is first squeezed back
+(`unstretch_matrix`), so its matrix is then an affine, not a similarity.
+
 The template is the FFHQ 5-point layout (eye centres, nose tip, mouth corners)
 used by FFHQ-trained face restorers, in units of the crop size. A face that is
 already an FFHQ-style aligned crop therefore maps (close) to itself, so aligned
@@ -61,18 +64,67 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.concatenate([scale * rot, t[:, None]], axis=1)
 
 
+# No face is wider than it is tall: cheek to cheek (LEFT_CHEEK-RIGHT_CHEEK) over
+# forehead to chin (FOREHEAD-CHIN) in MediaPipe's mesh spans 0.60-1.03 over 900 photos
+# of faces/, lfw and utkface (median 0.85; a turned head is narrower, a tilted one up to
+# ~1), and exceeds 1.0 in 2 of them. A wider face is a stretched picture, a video scaled
+# to another aspect: 1.2-1.4 for portrait photos stretched to 800x600. The similarity
+# alignment would hand the model that face too wide, and the model paints masks over its
+# eyes and mouth (benchmarks/video_harm.py).
+MAX_FACE_ASPECT = 1.0
+
+
+def face_aspect(landmarks: np.ndarray) -> float:
+    """Cheek-to-cheek over forehead-to-chin distance of MediaPipe landmarks."""
+    lm = np.asarray(landmarks, np.float64)
+    width = np.linalg.norm(lm[lmk.RIGHT_CHEEK] - lm[lmk.LEFT_CHEEK])
+    return float(width / max(np.linalg.norm(lm[lmk.CHIN] - lm[lmk.FOREHEAD]), 1e-9))
+
+
+def unstretch_matrix(landmarks: np.ndarray, max_aspect: float = MAX_FACE_ASPECT) -> np.ndarray:
+    """2x3 affine squeezing a face wider than `max_aspect` back to it (else the identity).
+
+    The squeeze runs along the cheek-to-cheek line, about the centre of the four
+    points, so a stretched picture's face reaches the model no wider than a real one.
+    """
+    lm = np.asarray(landmarks, np.float64)
+    aspect = face_aspect(lm)
+    if aspect <= max_aspect:
+        return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    across = lm[lmk.RIGHT_CHEEK] - lm[lmk.LEFT_CHEEK]
+    u = across / np.linalg.norm(across)
+    A = np.eye(2) + (max_aspect / aspect - 1.0) * np.outer(u, u)
+    centre = lm[[lmk.LEFT_CHEEK, lmk.RIGHT_CHEEK, lmk.FOREHEAD, lmk.CHIN]].mean(0)
+    return np.concatenate([A, (centre - A @ centre)[:, None]], axis=1)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """2x3 matrix of `outer` applied after `inner`."""
+    outer, inner = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
+    return np.concatenate([outer[:, :2] @ inner[:, :2],
+                           (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]], axis=1)
+
+
 def alignment_matrix(landmarks: np.ndarray, resolution: int) -> np.ndarray:
-    """2x3 similarity mapping image pixels to a `resolution`^2 aligned crop.
+    """2x3 matrix mapping image pixels to a `resolution`^2 aligned crop.
+
+    A similarity fit of the five points to the template, after `unstretch_matrix`
+    (the identity for every real face; a squeeze for a stretched picture's).
 
     Args:
       landmarks: [478, 2] MediaPipe landmarks in image pixels.
       resolution: crop side in pixels.
     """
-    return umeyama_similarity(lmk.five_points(landmarks), TEMPLATE_5 * resolution)
+    five = np.asarray(lmk.five_points(landmarks), np.float64)
+    if face_aspect(landmarks) <= MAX_FACE_ASPECT:
+        return umeyama_similarity(five, TEMPLATE_5 * resolution)
+    squeeze = unstretch_matrix(landmarks)
+    five = five @ squeeze[:, :2].T + squeeze[:, 2]
+    return compose(umeyama_similarity(five, TEMPLATE_5 * resolution), squeeze)
 
 
 def matrix_scale(M: np.ndarray) -> float:
-    """Uniform scale factor of a similarity matrix (crop px per image px)."""
+    """Uniform scale factor of a similarity matrix (crop px per image px; an affine's mean)."""
     return float(np.sqrt(abs(np.linalg.det(np.asarray(M)[:, :2]))))
 
 

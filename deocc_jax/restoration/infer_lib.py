@@ -45,7 +45,7 @@ from deocc_jax.io import atomic, images, progress, timing
 from deocc_jax.io import video as video_io
 from deocc_jax.artifacts.predictors import Predictor
 from deocc_jax.restoration import frames
-from deocc_jax.restoration.smoothing import LandmarkSmoother
+from deocc_jax.restoration.smoothing import DEFAULT_BETA, DEFAULT_MIN_CUTOFF, LandmarkSmoother
 from deocc_jax.restoration.stabilize import StabilizerOptions, TemporalStabilizer
 
 # A GIF is read as its first frame, as data prep reads it (and says so).
@@ -487,7 +487,7 @@ def _open_video_writers(writers: dict[str, video_io.VideoWriter], paths: dict[st
 
 def process_video(model: Predictor, input_spec: str, output: str | None, *, save_masks: bool = False,
                   side_by_side_out: bool = False, max_faces: int = 4, max_frames: int | None = None,
-                  smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 1.0,
+                  smoothing: bool = True, min_cutoff: float = DEFAULT_MIN_CUTOFF, beta: float = DEFAULT_BETA,
                   min_confidence: float = 0.3, landmarker_model: str | None = None,
                   min_face_px: float = DEFAULT_MIN_FACE_PX, display: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                   stabilize: bool = True, mask: str | None = None, overwrite: bool = False,

@@ -32,6 +32,7 @@ from deocc_jax.faces import align
 from deocc_jax.faces.detect import FaceAnalyzer
 from deocc_jax.io import timing
 from deocc_jax.restoration import smoothing
+from deocc_jax.restoration.smoothing import DEFAULT_BETA, DEFAULT_MIN_CUTOFF
 
 METHODS = ("mediapipe", "flow")
 # Landmarks followed by optical flow: every 4th of the 478 points covers the
@@ -64,8 +65,8 @@ class TrackerOptions:
     min_confidence: float = 0.3
     landmarker_model: str | None = None
     smoothing: bool = True
-    min_cutoff: float = 1.0
-    beta: float = 1.0
+    min_cutoff: float = DEFAULT_MIN_CUTOFF
+    beta: float = DEFAULT_BETA
 
 
 class LandmarkTracker:

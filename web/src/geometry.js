@@ -1,8 +1,10 @@
 // Face alignment: a port of deocc_jax/faces/landmarks.py and align.py.
 //
-// A matrix is a 2x3 similarity [a, b, c, d, e, f] mapping photo pixels to
-// crop pixels, as in align.py: crop = paddedCrop(image, w, h, M, R).image,
-// the crop every deocc model was trained on and is run on.
+// A matrix is a 2x3 map [a, b, c, d, e, f] from photo pixels to crop pixels,
+// as in align.py: crop = paddedCrop(image, w, h, M, R).image, the crop every
+// deocc model was trained on and is run on. It is a similarity for every real
+// face, and an affine for a stretched picture's (unstretchMatrix); everything
+// that uses a matrix here and in blend.js handles both.
 
 import {
   gaussianBlur, invertAffine, medianColour, resizeArea, roundHalfEven, warpAffine,
@@ -14,6 +16,14 @@ export const RIGHT_EYE_CORNERS = [263, 362];
 export const NOSE_TIP = 1;
 export const MOUTH_LEFT = 61;
 export const MOUTH_RIGHT = 291;
+export const LEFT_CHEEK = 234;
+export const RIGHT_CHEEK = 454;
+export const FOREHEAD = 10;
+export const CHIN = 152;
+
+// align.MAX_FACE_ASPECT: no real face is wider (cheek to cheek) than tall
+// (forehead to chin); a wider one is a stretched picture (see align.py).
+export const MAX_FACE_ASPECT = 1.0;
 
 // FFHQ 5-point template at 512 px divided by 512 (align.TEMPLATE_5).
 export const TEMPLATE_5 = [
@@ -72,13 +82,59 @@ export function umeyamaSimilarity(src, dst) {
   return [a, b, md[0] - (a * ms[0] + b * ms[1]), d, e, md[1] - (d * ms[0] + e * ms[1])];
 }
 
-/** align.alignment_matrix: photo pixels -> resolution^2 aligned crop. */
-export function alignmentMatrix(landmarks, resolution) {
-  return umeyamaSimilarity(fivePoints(landmarks),
-    TEMPLATE_5.map(([x, y]) => [x * resolution, y * resolution]));
+// Euclidean distance as numpy's norm of the difference (sqrt of the dot product).
+function distance(p, q) {
+  const dx = q[0] - p[0], dy = q[1] - p[1];
+  return Math.sqrt(dx * dx + dy * dy);
 }
 
-/** align.matrix_scale: crop pixels per photo pixel. */
+/** align.face_aspect: cheek-to-cheek over forehead-to-chin distance of the landmarks. */
+export function faceAspect(lm) {
+  return distance(lm[LEFT_CHEEK], lm[RIGHT_CHEEK]) / Math.max(distance(lm[FOREHEAD], lm[CHIN]), 1e-9);
+}
+
+/**
+ * align.unstretch_matrix: the affine squeezing a face wider than `maxAspect`
+ * back to it along the cheek-to-cheek line, about the centre of the four
+ * points (else the identity).
+ */
+export function unstretchMatrix(lm, maxAspect = MAX_FACE_ASPECT) {
+  const aspect = faceAspect(lm);
+  if (aspect <= maxAspect) return [1, 0, 0, 0, 1, 0];
+  const l = lm[LEFT_CHEEK], r = lm[RIGHT_CHEEK];
+  const length = distance(l, r);
+  const ux = (r[0] - l[0]) / length, uy = (r[1] - l[1]) / length;
+  const k = maxAspect / aspect - 1.0;
+  const a = 1 + k * ux * ux, b = k * ux * uy, d = k * uy * ux, e = 1 + k * uy * uy;
+  const pts = [lm[LEFT_CHEEK], lm[RIGHT_CHEEK], lm[FOREHEAD], lm[CHIN]];
+  const cx = (pts[0][0] + pts[1][0] + pts[2][0] + pts[3][0]) / 4;
+  const cy = (pts[0][1] + pts[1][1] + pts[2][1] + pts[3][1]) / 4;
+  return [a, b, cx - (a * cx + b * cy), d, e, cy - (d * cx + e * cy)];
+}
+
+/** align.compose: the 2x3 matrix of `outer` applied after `inner`. */
+export function compose(outer, inner) {
+  const [a, b, c, d, e, f] = outer, [p, q, r, s, t, u] = inner;
+  return [a * p + b * s, a * q + b * t, (a * r + b * u) + c,
+    d * p + e * s, d * q + e * t, (d * r + e * u) + f];
+}
+
+/**
+ * align.alignment_matrix: photo pixels -> resolution^2 aligned crop. A
+ * similarity fit of the five points to the template, after unstretchMatrix
+ * (nothing for a real face; a squeeze for a stretched picture's, which makes
+ * the matrix an affine).
+ */
+export function alignmentMatrix(landmarks, resolution) {
+  const template = TEMPLATE_5.map(([x, y]) => [x * resolution, y * resolution]);
+  const five = fivePoints(landmarks);
+  if (faceAspect(landmarks) <= MAX_FACE_ASPECT) return umeyamaSimilarity(five, template);
+  const m = unstretchMatrix(landmarks);
+  const squeezed = five.map(([x, y]) => [(x * m[0] + y * m[1]) + m[2], (x * m[3] + y * m[4]) + m[5]]);
+  return compose(umeyamaSimilarity(squeezed, template), m);
+}
+
+/** align.matrix_scale: crop pixels per photo pixel (an affine's geometric mean). */
 export function matrixScale(m) {
   return Math.sqrt(Math.abs(m[0] * m[4] - m[1] * m[3]));
 }
