@@ -186,7 +186,8 @@ def test_video_mode_keeps_a_full_range_face(portrait, landmarker_alone):
 def _counting_passes(detector, monkeypatch) -> list:
     """Records the input shape of every full-range pass `detector` makes."""
     calls, raw = [], detector.raw
-    monkeypatch.setattr(detector, "raw", lambda img: (calls.append(img.shape[:2]), raw(img))[1])
+    monkeypatch.setattr(detector, "raw",
+                        lambda img, *a: (calls.append(img.shape[:2]), raw(img, *a))[1])
     return calls
 
 

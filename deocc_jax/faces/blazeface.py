@@ -167,14 +167,21 @@ class Letterbox:
                 / self.scale).astype(np.float32)
 
 
-def letterbox(image_rgb: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Letterbox]:
+def letterbox(image_rgb: np.ndarray, size: int = INPUT_SIZE, shrink: float = 1.0
+              ) -> tuple[np.ndarray, Letterbox]:
     """The image scaled to fit `size`^2 keeping its aspect, centred on black; float32 in [-1, 1].
+
+    Args:
+      image_rgb: uint8 [H, W, 3].
+      size: the model's input side.
+      shrink: the image's longer side is `size / shrink` (> 1: a margin of black
+        around it, so that a face filling the image is small enough to detect).
 
     Returns:
       float32 [size, size, 3] and the Letterbox that maps model coordinates back.
     """
     h, w = image_rgb.shape[:2]
-    scale = size / max(h, w)
+    scale = size / shrink / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(image_rgb, (nw, nh), interpolation=interp)
@@ -273,9 +280,11 @@ class FullRangeDetector:
             raise ValueError(f"{path}: not the full-range BlazeFace (outputs "
                              f"{[tuple(d['shape']) for d in self._interpreter.get_output_details()]})")
 
-    def raw(self, image_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Letterbox]:
-        """One letterboxed pass: regressors [2304, 16], logits [2304], and the letterbox."""
-        x, box = letterbox(image_rgb)
+    def raw(self, image_rgb: np.ndarray, shrink: float = 1.0
+            ) -> tuple[np.ndarray, np.ndarray, Letterbox]:
+        """One letterboxed pass (`letterbox`'s `shrink`): regressors [2304, 16], logits [2304],
+        and the letterbox."""
+        x, box = letterbox(image_rgb, shrink=shrink)
         self._interpreter.set_tensor(self._input, x[None])
         self._interpreter.invoke()
         reg = self._interpreter.get_tensor(self._regressors)[0]
@@ -283,8 +292,8 @@ class FullRangeDetector:
         return reg, logits, box
 
     def _candidates(self, image_rgb: np.ndarray, x0: int = 0, y0: int = 0,
-                    max_size: float | None = None) -> Candidates:
-        reg, logits, lb = self.raw(image_rgb)
+                    max_size: float | None = None, shrink: float = 1.0) -> Candidates:
+        reg, logits, lb = self.raw(image_rgb, shrink)
         scores = sigmoid_scores(logits)
         keep = scores >= self.min_score
         if max_size is not None:
@@ -296,12 +305,13 @@ class FullRangeDetector:
         kps = lb.to_image(kps) + [x0, y0]
         return Candidates(boxes, kps, scores[keep])
 
-    def whole_pass(self, image_rgb: np.ndarray) -> Candidates:
-        """The one letterboxed pass over the whole image, before NMS (`detect`'s `whole`)."""
+    def whole_pass(self, image_rgb: np.ndarray, shrink: float = 1.0) -> Candidates:
+        """The one letterboxed pass over the whole image, before NMS (`detect`'s `whole`);
+        `shrink` as in `letterbox`."""
         image_rgb = np.asarray(image_rgb)
         if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[-1] != 3:
             raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
-        return self._candidates(image_rgb)
+        return self._candidates(image_rgb, shrink=shrink)
 
     def detect(self, image_rgb: np.ndarray, min_face_px: float | None = None,
                whole: Candidates | None = None) -> list[Detection]:

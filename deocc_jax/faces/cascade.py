@@ -228,19 +228,7 @@ def tight_crop_detections(image_rgb: np.ndarray, detector: blazeface.FullRangeDe
       them as any other.
     """
     h, w = image_rgb.shape[:2]
-    size = blazeface.INPUT_SIZE
-    scale = size / TIGHT_CROP_SCALE / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    x0, y0 = (size - nw) // 2, (size - nh) // 2
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(image_rgb, (nw, nh), interpolation=interp)
-    c = detector.whole_pass(canvas)  # fills the input: its own letterbox is the identity
-    sx, sy = nw / w, nh / h
-    boxes = (c.boxes - [x0, y0, x0, y0]) / [sx, sy, sx, sy]
-    keypoints = (c.keypoints - [x0, y0]) / [sx, sy]
-    detections = blazeface.merge([blazeface.Candidates(boxes.astype(np.float32),
-                                                       keypoints.astype(np.float32), c.scores)])
+    detections = blazeface.merge([detector.whole_pass(image_rgb, shrink=TIGHT_CROP_SCALE)])
     return [d for d in detections if d.size >= TIGHT_FACE_SHARE * min(h, w)]
 
 

@@ -138,12 +138,12 @@ export function resizeLinear(src, sw, sh, dw, dh) {
 
 /**
  * blazeface.letterbox: the image fitted into size^2 keeping its aspect, centred on
- * black, as float32 in [-1, 1] ([1, size, size, 3]).
+ * black, as float32 in [-1, 1] ([1, size, size, 3]); its longer side size / shrink.
  *
  * @returns {{input: Float32Array, scale: number, padX: number, padY: number}}
  */
-export function letterbox(rgb, w, h, size) {
-  const scale = size / Math.max(h, w);
+export function letterbox(rgb, w, h, size, shrink = 1) {
+  const scale = size / shrink / Math.max(h, w);
   const nw = Math.max(1, roundHalfEven(w * scale)), nh = Math.max(1, roundHalfEven(h * scale));
   const small = scale < 1 ? resizeArea(rgb, w, h, 3, nw, nh) : resizeLinear(rgb, w, h, nw, nh);
   const px = Math.floor((size - nw) / 2), py = Math.floor((size - nh) / 2);
@@ -203,9 +203,9 @@ export class FullRangeDetector {
     this.anchors = anchors(s.grid);
   }
 
-  /** One letterboxed pass: regressors, logits and the letterbox. */
-  async raw(rgb, w, h) {
-    const lb = letterbox(rgb, w, h, this.s.input_size);
+  /** One letterboxed pass (letterbox's shrink): regressors, logits and the letterbox. */
+  async raw(rgb, w, h, shrink = 1) {
+    const lb = letterbox(rgb, w, h, this.s.input_size, shrink);
     const { regressors, logits } = await this.run(lb.input);
     return { regressors, logits, lb };
   }
@@ -228,8 +228,8 @@ export class FullRangeDetector {
   }
 
   /** The one letterboxed pass over the whole image, before NMS (FullRangeDetector.whole_pass). */
-  async wholePass(rgb, w, h) {
-    const r = await this.raw(rgb, w, h);
+  async wholePass(rgb, w, h, shrink = 1) {
+    const r = await this.raw(rgb, w, h, shrink);
     return this.candidates(r.regressors, r.logits, r.lb);
   }
 
@@ -450,20 +450,8 @@ export class FaceFinder {
    * least tight_face_share of the photo's shorter side are kept, best first, in photo pixels.
    */
   async tightCropDetections(rgb, w, h) {
-    const size = this.S.detector.input_size, c = this.S.cascade;
-    const scale = size / c.tight_crop_scale / Math.max(h, w);
-    const nw = Math.max(1, roundHalfEven(w * scale)), nh = Math.max(1, roundHalfEven(h * scale));
-    const small = scale < 1 ? resizeArea(rgb, w, h, 3, nw, nh) : resizeLinear(rgb, w, h, nw, nh);
-    const x0 = Math.floor((size - nw) / 2), y0 = Math.floor((size - nh) / 2);
-    const canvas = new Uint8Array(size * size * 3);
-    for (let y = 0; y < nh; y++) canvas.set(small.subarray(y * nw * 3, (y + 1) * nw * 3), ((y0 + y) * size + x0) * 3);
-    // The canvas fills the detector's input: its own letterbox is the identity.
-    const sx = nw / w, sy = nh / h;
-    const toPhoto = ([x, y]) => [(x - x0) / sx, (y - y0) / sy];
-    const dets = (await this.detector.wholePass(canvas, size, size)).map((d) => ({
-      box: [...toPhoto(d.box.slice(0, 2)), ...toPhoto(d.box.slice(2))],
-      keypoints: d.keypoints.map(toPhoto), score: d.score,
-    }));
+    const c = this.S.cascade;
+    const dets = await this.detector.wholePass(rgb, w, h, c.tight_crop_scale);
     return weightedNms(dets, this.S.detector.nms_iou)
       .filter((d) => detectionSize(d) >= c.tight_face_share * Math.min(h, w));
   }
